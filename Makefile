@@ -1,0 +1,44 @@
+# Two entry points for users: `make demo` and `make test`. Both set up
+# everything they need (Debian packages, a .venv, the project installed in it)
+# and are cheap to re-run: each step leaves a stamp and reruns only when its
+# inputs change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := .stamps
+APT_PACKAGES := bubblewrap iproute2 procps
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup clean-venv bench
+
+setup: $(STAMPS)/venv
+
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing ofnode into $(VENV)"
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+demo: $(STAMPS)/venv
+	@$(BIN)/python examples/demo.py
+
+test: $(STAMPS)/venv
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMPS)/venv
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV) $(STAMPS)

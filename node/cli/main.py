@@ -1,0 +1,3 @@
+def main() -> int:
+    print("ofnode: not built yet")
+    return 0
