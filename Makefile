@@ -10,7 +10,7 @@ STAMPS := .stamps
 APT_PACKAGES := bubblewrap iproute2 procps
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup clean-venv bench
+.PHONY: demo test setup clean-venv bench proto
 
 setup: $(STAMPS)/venv
 
@@ -42,3 +42,11 @@ bench: $(STAMPS)/venv
 
 clean-venv:
 	rm -rf $(VENV) $(STAMPS)
+
+# Regenerate protobuf code (needs grpcio-tools==1.74.0, whose protoc matches
+# the protobuf>=6.31 runtime): make proto PROTOC="python -m grpc_tools.protoc"
+PROTOC ?= $(BIN)/python -m grpc_tools.protoc
+proto:
+	@tmp=$$(mktemp -d); \
+	$(PROTOC) -Iofnode/v1=node/p2p --python_out=$$tmp ofnode/v1/envelope.proto && \
+	cp $$tmp/ofnode/v1/envelope_pb2.py node/p2p/envelope_pb2.py; rm -rf $$tmp

@@ -1,3 +1,342 @@
-def main() -> int:
-    print("ofnode: not built yet")
+"""The `ofnode` command line.
+
+Client commands talk JSON-RPC to a running node over its Unix socket and import
+nothing heavy, so they answer in tens of milliseconds. Only `start` (and
+`testnet up`, which spawns daemons) imports libp2p.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or unusable input,
+3 no node reachable.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..api.client import ApiClient, ApiUnavailable
+from ..api.jsonrpc import RpcError
+from . import output
+
+EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, msg: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    if os.environ.get("OFNODE_SOCKET"):
+        return Path(os.environ["OFNODE_SOCKET"])
+    from ..config import ConfigError, load_config
+
+    try:
+        return load_config(args.data_dir).socket_path
+    except ConfigError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+
+
+def _client(args: argparse.Namespace, timeout: float = 30.0) -> ApiClient:
+    return ApiClient(_socket_path(args), timeout=timeout)
+
+
+def _call(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    with _client(args, timeout) as c:
+        return c.call(method, params)
+
+
+# -- commands ---------------------------------------------------------------
+def cmd_start(args: argparse.Namespace) -> int:
+    import json
+
+    from ..config import ConfigError, load_config
+    from ..genesis import GenesisError
+    from ..identity import IdentityError
+    from ..logs import setup_logging
+
+    try:
+        cfg = load_config(args.data_dir, args.config)
+    except ConfigError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    setup_logging(cfg.log_level, cfg["log"]["format"], cfg["log"]["file"])
+    import trio
+
+    from ..daemon import Node, NodeError
+
+    try:
+        node = Node(cfg)
+    except (GenesisError, IdentityError, NodeError) as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+
+    def ready(info: dict[str, Any]) -> None:
+        if args.ready_fd is not None:
+            with os.fdopen(args.ready_fd, "w") as f:
+                json.dump(info, f)
+        else:
+            output.say(f"ofnode {info['name']} ({info['peer_id']}) ready on {info['socket']}")
+
+    try:
+        trio.run(node.run, ready)
+    except NodeError as e:
+        raise CliError(str(e)) from None
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import tomli_w
+
+    from ..config import load_config, ROLES
+    from ..fsutil import atomic_write, private_dir
+    from ..genesis import load_genesis, GenesisError
+    from ..identity import load_or_create_identity
+
+    from ..config import default_data_dir
+    ddir = private_dir(Path(args.data_dir) if args.data_dir else default_data_dir())
+    cfg_path = ddir / "config.toml"
+    if cfg_path.exists() and not args.force:
+        raise CliError(f"{cfg_path} exists; use --force to overwrite it (the identity key is never overwritten)", EXIT_USAGE)
+    for r in args.role:
+        if r not in ROLES:
+            raise CliError(f"unknown role {r!r}; roles: {', '.join(ROLES)}", EXIT_USAGE)
+    if args.genesis:
+        try:
+            load_genesis(args.genesis)
+        except GenesisError as e:
+            raise CliError(str(e), EXIT_USAGE) from None
+        atomic_write(ddir / "genesis.toml", Path(args.genesis).read_bytes(), mode=0o644)
+    doc: dict[str, Any] = {"node": {"roles": args.role}}
+    if args.listen:
+        doc["p2p"] = {"listen": args.listen}
+    if args.bootstrap:
+        doc.setdefault("p2p", {})["bootstrap"] = args.bootstrap
+    atomic_write(cfg_path, tomli_w.dumps(doc).encode(), mode=0o600)
+    load_config(ddir)  # validate what we wrote
+    ident, created = load_or_create_identity(ddir)
+    res = {"data_dir": str(ddir), "peer_id": ident.peer_id, "created_identity": created, "config": str(cfg_path)}
+    if args.json:
+        output.emit_json(res)
+    else:
+        output.kv("initialised", list(res.items()))
+    return 0
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from ..config import default_data_dir
+    from ..identity import IdentityError, load_identity
+
+    ddir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    try:
+        pid = load_identity(ddir).peer_id
+    except IdentityError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    output.emit_json({"peer_id": pid}) if args.json else print(pid)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    s = _call(args, "node.status")
+    if args.json:
+        output.emit_json(s)
+        return 0
+    g = s["gossip"]
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(g["rejected"].items())) or "none"
+    output.kv(f"ofnode {s['name']}", [
+        ("peer id", s["peer_id"]),
+        ("network", s["network"]),
+        ("roles", ", ".join(s["roles"]) or "(none)"),
+        ("addresses", "\n".join(s["addrs"])),
+        ("peers", len(s["peers"])),
+        ("gossip", f"in {g['in']}, out {g['out']}, duplicates {g['duplicates']}, rejected: {rejected}"),
+        ("uptime", f"{s['uptime_s']:.0f} s"),
+        ("socket", s["socket"]),
+        ("metrics", s["metrics_url"] or "off"),
+        ("version", s["version"]),
+    ])
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    peers = _call(args, "node.peers")
+    if args.json:
+        output.emit_json(peers)
+        return 0
+    output.table(f"{len(peers)} connected peer(s)", ["peer id", "name", "roles", "address"],
+                 [(p["peer_id"], p["name"], ", ".join(p["roles"]), (p["addrs"] or [""])[0]) for p in peers])
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    res = _call(args, "node.stop")
+    output.emit_json(res) if args.json else output.say("node stopping")
+    return 0
+
+
+def cmd_gossip_send(args: argparse.Namespace) -> int:
+    res = _call(args, "gossip.publish", {"text": args.text})
+    output.emit_json(res) if args.json else print(res["id"])
+    return 0
+
+
+def cmd_gossip_recent(args: argparse.Namespace) -> int:
+    items = _call(args, "gossip.recent", {"type": args.type or "", "limit": args.limit})
+    if args.json:
+        output.emit_json(items)
+        return 0
+    output.table("recent gossip", ["id", "type", "sender", "latency ms", "text"],
+                 [(m["id"][:12], m["type"], m["sender"][-8:], m["received_ms"] - m["timestamp_ms"], m.get("text", ""))
+                  for m in items])
+    return 0
+
+
+def cmd_testnet_up(args: argparse.Namespace) -> int:
+    from .. import testnet
+
+    say = (lambda s: None) if args.json else output.say
+    try:
+        st = testnet.up(Path(args.dir), args.nodes, args.dos, args.secrets, args.providers,
+                        args.dos_quorum, args.secrets_threshold, timeout=args.timeout, log_level=args.log_level, say=say)
+    except testnet.TestnetError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        output.emit_json(st)
+    else:
+        _testnet_table(st)
+        output.say(f"use a node: ofnode --socket {st['nodes'][0]['socket']} status")
+    return 0
+
+
+def _testnet_table(st: dict[str, Any]) -> None:
+    output.table(f"testnet {st['network']}", ["name", "peer id", "roles", "pid", "peers", "socket"],
+                 [(n["name"], n["peer_id"], ", ".join(n["roles"]), n["pid"],
+                   n.get("peers", ""), n["socket"]) for n in st["nodes"]])
+
+
+def cmd_testnet_status(args: argparse.Namespace) -> int:
+    from .. import testnet
+
+    try:
+        st = testnet.status(Path(args.dir))
+    except testnet.TestnetError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        output.emit_json(st)
+    else:
+        for n in st["nodes"]:
+            n["peers"] = n["peers"] if n["alive"] else "down"
+        _testnet_table(st)
+    return 0
+
+
+def cmd_testnet_down(args: argparse.Namespace) -> int:
+    from .. import testnet
+
+    say = (lambda s: None) if args.json else output.say
+    try:
+        res = testnet.down(Path(args.dir), say=say)
+    except testnet.TestnetError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        output.emit_json(res)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                        help="node API socket (default: $OFNODE_SOCKET, else <data dir>/ofnode.sock)")
+    common.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="node data directory (default: $OFNODE_HOME or ~/.ofnode)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+    p = argparse.ArgumentParser(
+        prog="ofnode", parents=[common],
+        description="ofnode: a peer-to-peer node for confidential AI execution.",
+        epilog="Start a local 5-node network: ofnode testnet up --nodes 5 --dir ./testnet",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("start", parents=[common], help="run the node daemon in the foreground")
+    s.add_argument("--config", metavar="FILE", help="config file (default: <data dir>/config.toml)")
+    s.add_argument("--ready-fd", type=int, metavar="FD", help=argparse.SUPPRESS)
+    s.set_defaults(fn=cmd_start)
+
+    s = sub.add_parser("init", parents=[common], help="create a data dir: identity key and config")
+    s.add_argument("--role", action="append", default=[], help="provider, dos or secrets (repeatable)")
+    s.add_argument("--genesis", metavar="FILE", help="network genesis to install")
+    s.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable)")
+    s.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="bootstrap peer (repeatable)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing config.toml")
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("id", parents=[common], help="print this node's peer id (offline)")
+    s.set_defaults(fn=cmd_id)
+    s = sub.add_parser("status", parents=[common], help="show the running node's status")
+    s.set_defaults(fn=cmd_status)
+    s = sub.add_parser("peers", parents=[common], help="list connected peers")
+    s.set_defaults(fn=cmd_peers)
+    s = sub.add_parser("stop", parents=[common], help="stop the running node")
+    s.set_defaults(fn=cmd_stop)
+
+    g = sub.add_parser("gossip", parents=[common], help="send and inspect gossip").add_subparsers(
+        dest="gossip_cmd", metavar="COMMAND", required=True)
+    s = g.add_parser("send", parents=[common], help="gossip a signed note to the whole network")
+    s.add_argument("text")
+    s.set_defaults(fn=cmd_gossip_send)
+    s = g.add_parser("recent", parents=[common], help="messages this node received recently")
+    s.add_argument("--type", help="only this message type (e.g. node.note)")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(fn=cmd_gossip_recent)
+
+    t = sub.add_parser("testnet", parents=[common], help="run a local multi-node network").add_subparsers(
+        dest="testnet_cmd", metavar="COMMAND", required=True)
+    s = t.add_parser("up", parents=[common], help="start N daemons on 127.0.0.1 and wait until all are connected")
+    s.add_argument("--nodes", type=int, default=5)
+    s.add_argument("--dos", type=int, default=2, help="nodes with the dos role (default 2)")
+    s.add_argument("--secrets", type=int, default=3, help="nodes with the secrets role (default 3)")
+    s.add_argument("--providers", type=int, default=2, help="nodes with the provider role (default 2)")
+    s.add_argument("--dos-quorum", type=int, help="ACL signatures needed (default: majority of DOS peers)")
+    s.add_argument("--secrets-threshold", type=int, help="key shares needed (default: majority of secrets peers)")
+    s.add_argument("--dir", default="./testnet", help="testnet directory (default ./testnet)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the network (default 60)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(fn=cmd_testnet_up)
+    s = t.add_parser("status", parents=[common], help="show the nodes of a testnet")
+    s.add_argument("--dir", default="./testnet")
+    s.set_defaults(fn=cmd_testnet_status)
+    s = t.add_parser("down", parents=[common], help="stop every node of a testnet")
+    s.add_argument("--dir", default="./testnet")
+    s.set_defaults(fn=cmd_testnet_down)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for k, v in (("socket", None), ("data_dir", None), ("json", False)):
+        if not hasattr(args, k):
+            setattr(args, k, v)
+    try:
+        return args.fn(args)
+    except CliError as e:
+        output.err(str(e))
+        return e.code
+    except ApiUnavailable as e:
+        output.err(str(e))
+        return EXIT_UNREACHABLE
+    except RpcError as e:
+        output.err(f"{e.message} (code {e.code})")
+        return EXIT_FAIL
+    except BrokenPipeError:
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

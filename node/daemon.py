@@ -1,0 +1,259 @@
+"""The ofnode daemon: one node, every part owned by one nursery.
+
+Start order matters: host and DHT listen, gossip subscribes, then links to
+peers are made (so no peer connects before pubsub can greet it), then the API
+socket opens and readiness is reported. Stop is the reverse, by cancellation.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable
+
+import trio
+
+from .api.jsonrpc import RpcError, INVALID_PARAMS
+from .api.server import ApiServer
+from .config import Config
+from .fsutil import private_dir
+from .genesis import Genesis, load_genesis
+from .identity import Identity, load_or_create_identity
+from .metrics import Metrics, node_metrics, serve_metrics
+from .p2p.envelope import SignedMessage
+from .p2p.gossip import Gossip
+from .p2p.host import P2PHost
+
+log = logging.getLogger("ofnode.node")
+
+ANNOUNCE = "node.announce"
+NOTE = "node.note"
+
+
+def ofnode_version() -> str:
+    try:
+        return version("ofnode")
+    except PackageNotFoundError:
+        return "dev"
+
+
+class NodeError(Exception):
+    """The node cannot start; the message says why."""
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir = private_dir(config.data_dir)
+        self.genesis: Genesis = load_genesis(config.genesis_path)
+        self.identity: Identity
+        self.identity, created = load_or_create_identity(self.data_dir)
+        if created:
+            log.info("created identity", extra={"peer_id": self.identity.peer_id})
+        self.name = config["node"]["name"] or self.identity.peer_id[-6:]
+        self.metrics: Metrics = node_metrics()
+        p = config["p2p"]
+        self.p2p = P2PHost(
+            identity=self.identity,
+            listen=p["listen"],
+            bootstrap=p["bootstrap"],
+            metrics=self.metrics,
+            reconnect_interval=p["reconnect_interval"],
+            reconnect_max=p["reconnect_max"],
+            dial_timeout=p["dial_timeout"],
+            target_peers=p["target_peers"],
+            discovery_interval=p["discovery_interval"],
+        )
+        self.gossip = Gossip(self.p2p, self.identity, self.genesis.network_id, config["gossip"], self.metrics)
+        a = config["api"]
+        self.api = ApiServer(config.socket_path, self.metrics, a["max_request_bytes"], a["max_connections"])
+        self.peer_info: dict[str, dict[str, Any]] = {}
+        self.metrics_url = ""
+        self.started = time.time()
+        self._stop = trio.Event()
+        self._lock_fd: int | None = None
+        self.gossip.on(ANNOUNCE, self._on_announce)
+        self._register_api()
+
+    # -- lifecycle -------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self._take_lock()
+        try:
+            async with self.p2p.running(), self.gossip.running(), trio.open_nursery() as nursery:
+                nursery.start_soon(self.p2p.maintain_links)
+                nursery.start_soon(self._watch_signals)
+                nursery.start_soon(self._announce_loop)
+                m = self.config["metrics"]
+                if m["enabled"]:
+                    host, port = m["listen"].rsplit(":", 1)
+                    bound = await nursery.start(serve_metrics, self.metrics, host, int(port))
+                    self.metrics_url = f"http://{host}:{bound}/metrics"
+                await nursery.start(self.api.serve)
+                info = self.status()
+                log.info("node ready", extra={"peer_id": info["peer_id"], "node": self.name,
+                                              "addrs": ",".join(info["addrs"]), "roles": ",".join(info["roles"]),
+                                              "socket": str(self.config.socket_path)})
+                if on_ready:
+                    on_ready(info)
+                await self._stop.wait()
+                log.info("node stopping")
+                nursery.cancel_scope.cancel()
+        finally:
+            self._release_lock()
+        log.info("node stopped")
+
+    def _take_lock(self) -> None:
+        path = self.data_dir / "node.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise NodeError(f"another ofnode (pid {other or '?'}) is running with data dir {self.data_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("signal received", extra={"signal": signal.Signals(signum).name})
+                self.stop()
+                return
+
+    # -- presence --------------------------------------------------------
+    def _announcement(self) -> bytes:
+        return json.dumps({"name": self.name, "roles": list(self.config.roles), "addrs": self.p2p.addrs(),
+                           "version": ofnode_version()}).encode()
+
+    async def _announce_loop(self) -> None:
+        # Announce once the first peer is there, then periodically.
+        await self.p2p.wait_for_peers(1)
+        while True:
+            await self.gossip.publish(ANNOUNCE, self._announcement())
+            await trio.sleep(self.config["gossip"]["announce_interval"])  # periodic, not a wait for state
+
+    async def _on_announce(self, msg: SignedMessage) -> None:
+        try:
+            a = json.loads(msg.payload)
+            info = {
+                "name": str(a["name"])[:64],
+                "roles": [r for r in a["roles"] if r in ("provider", "dos", "secrets")][:3],
+                "addrs": [str(x)[:256] for x in a["addrs"]][:16],
+                "version": str(a.get("version", ""))[:32],
+            }
+        except (ValueError, KeyError, TypeError):
+            self.metrics.inc("ofnode_gossip_rejected_total", reason="bad_payload")
+            return
+        info["last_seen_ms"] = msg.timestamp_ms
+        self.peer_info[msg.sender] = info
+
+    # -- API -------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        rejected = {k: int(v) for k, v in self.metrics.by_label("ofnode_gossip_rejected_total", "reason").items()}
+        return {
+            "peer_id": self.identity.peer_id,
+            "name": self.name,
+            "version": ofnode_version(),
+            "network": self.genesis.network_id,
+            "roles": list(self.config.roles),
+            "addrs": [f"{a}/p2p/{self.identity.peer_id}" if "/p2p/" not in a else a for a in self.p2p.addrs()],
+            "peers": self.p2p.connected_peers(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "data_dir": str(self.data_dir),
+            "socket": str(self.config.socket_path),
+            "pid": os.getpid(),
+            "metrics_url": self.metrics_url,
+            "gossip": {
+                "topic": self.gossip.topic,
+                "in": int(sum(self.metrics.by_label("ofnode_gossip_in_total", "type").values())),
+                "out": int(self.metrics.get("ofnode_gossip_out_total")),
+                "duplicates": int(self.metrics.get("ofnode_gossip_duplicates_total")),
+                "rejected": rejected,
+            },
+        }
+
+    def _register_api(self) -> None:
+        api = self.api
+
+        async def methods() -> list[str]:
+            return api.method_names()
+
+        async def status() -> dict[str, Any]:
+            return self.status()
+
+        async def peers() -> list[dict[str, Any]]:
+            out = []
+            store = self.p2p.host.get_peerstore()
+            from libp2p.peer.id import ID
+            for pid in self.p2p.connected_peers():
+                info = self.peer_info.get(pid, {})
+                addrs = [str(a) for a in store.addrs(ID.from_base58(pid))] if pid else []
+                out.append({"peer_id": pid, "name": info.get("name", ""), "roles": info.get("roles", []),
+                            "addrs": addrs, "last_seen_ms": info.get("last_seen_ms")})
+            return out
+
+        async def stop() -> dict[str, Any]:
+            self.stop()
+            return {"stopping": True}
+
+        async def wait_peers(count: int = 0, peers: list[str] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+            if not isinstance(count, int) or count < 0 or not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise RpcError(INVALID_PARAMS, "count must be an int >= 0 and timeout a number > 0")
+            if peers is not None and (not isinstance(peers, list) or not all(isinstance(p, str) for p in peers)):
+                raise RpcError(INVALID_PARAMS, "peers must be a list of peer id strings")
+            with trio.move_on_after(min(timeout, 600)):
+                await self.p2p.wait_for_peers(count, peers)
+                return {"ok": True, "peers": self.p2p.connected_peers()}
+            return {"ok": False, "peers": self.p2p.connected_peers()}
+
+        async def connect(addr: str) -> dict[str, Any]:
+            if not isinstance(addr, str) or "/p2p/" not in addr:
+                raise RpcError(INVALID_PARAMS, "addr must be a multiaddr ending in /p2p/<peer id>")
+            try:
+                ok = await self.p2p.connect_addr(addr)
+            except Exception as e:  # multiaddr parsing raises a zoo of types
+                raise RpcError(INVALID_PARAMS, f"bad multiaddr: {e}") from None
+            return {"connected": ok}
+
+        async def publish(text: str) -> dict[str, Any]:
+            if not isinstance(text, str) or len(text.encode()) > 4096:
+                raise RpcError(INVALID_PARAMS, "text must be a string of at most 4096 bytes")
+            return {"id": await self.gossip.publish(NOTE, text.encode())}
+
+        async def recent(type: str = "", limit: int = 100) -> list[dict[str, Any]]:
+            if not isinstance(type, str) or not isinstance(limit, int) or limit < 1:
+                raise RpcError(INVALID_PARAMS, "type must be a string and limit an int >= 1")
+            items = [r for r in self.gossip.recent if not type or r.message.type == type][-limit:]
+            return [
+                {"id": r.message.id, "type": r.message.type, "sender": r.message.sender,
+                 "timestamp_ms": r.message.timestamp_ms, "received_ms": r.received_ms,
+                 **({"text": r.message.payload.decode(errors="replace")} if r.message.type == NOTE else {})}
+                for r in items
+            ]
+
+        async def metrics_text() -> str:
+            return self.metrics.render()
+
+        api.method("rpc.methods", methods)
+        api.method("node.status", status)
+        api.method("node.peers", peers)
+        api.method("node.stop", stop)
+        api.method("node.wait_peers", wait_peers, timeout=610)
+        api.method("p2p.connect", connect)
+        api.method("gossip.publish", publish)
+        api.method("gossip.recent", recent)
+        api.method("metrics.text", metrics_text)
