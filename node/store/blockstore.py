@@ -1,0 +1,403 @@
+"""On-disk blockstore: one file per block, verified on every read.
+
+Layout under the store's root directory::
+
+    blocks/<shard>/<cidv1>      one file per block, named by its base32 CIDv1
+    quarantine/<cidv1>.<ns>     blocks that failed verification, kept for study
+    pins.json                   {"version": 1, "recursive": ["<cidv1>", ...]}
+
+``<shard>`` is the two characters *before the last one* of the CIDv1 string
+(flatfs' "next-to-last/2" scheme). The last character of a 58-character
+base32 CID carries only 3 bits, the ones before it 5 bits of digest each, so
+the next-to-last pair spreads blocks evenly over 1024 directories.
+
+Blocks are keyed by CIDv1: a CIDv0 is normalised first, so ``Qm…`` and
+``bafy…`` of the same dag-pb block are one file. The codec stays part of the
+name because pinning must know whether to look for links.
+
+Guarantees:
+
+* ``put`` refuses data that does not hash to the CID, and writes atomically
+  (temporary file in the same directory, fsync, rename, fsync of the
+  directory): after a crash a block is either absent or complete.
+* ``get`` re-hashes every block it reads; a mismatch moves the file to
+  ``quarantine/`` and raises :class:`CorruptBlock`, so bad bytes never leave.
+* Temporary files left by a crash are removed when the store is opened.
+* The pin set is written the same atomic way.
+
+The code is synchronous; the daemon calls it through ``trio.to_thread``. A
+re-entrant lock serialises mutations, and :attr:`Blockstore.lock` is public
+so an import can hold it from its first ``put`` to its ``pin`` and keep a
+concurrent :meth:`Blockstore.gc` from collecting the half-imported DAG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from .cid import Cid, CidError
+from .unixfs import UnixfsError, links_of
+
+__all__ = [
+    "MAX_BLOCK_SIZE",
+    "BlockstoreError",
+    "BlockNotFound",
+    "BlockMismatch",
+    "CorruptBlock",
+    "GcResult",
+    "VerifyReport",
+    "StoreStat",
+    "Blockstore",
+]
+
+# Bitswap peers refuse blocks over 2 MiB; nothing larger is a valid block.
+MAX_BLOCK_SIZE: Final = 2 << 20
+
+_TMP_PREFIX: Final = ".tmp-"
+_PINS_FILE: Final = "pins.json"
+_PINS_VERSION: Final = 1
+
+
+class BlockstoreError(Exception):
+    """Base class of the blockstore's errors."""
+
+
+class BlockNotFound(BlockstoreError, KeyError):
+    """No block with this CID is stored."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "block not found"
+
+
+class BlockMismatch(BlockstoreError, ValueError):
+    """``put`` was given data that does not hash to the CID."""
+
+
+class CorruptBlock(BlockstoreError):
+    """A stored block no longer matches its CID; it has been quarantined."""
+
+    def __init__(self, cid: Cid, quarantined_to: Path | None) -> None:
+        super().__init__(f"block {cid} is corrupt on disk; moved to {quarantined_to}")
+        self.cid = cid
+        self.quarantined_to = quarantined_to
+
+
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    """What :meth:`Blockstore.gc` removed."""
+
+    blocks: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Outcome of :meth:`Blockstore.verify`. ``corrupt`` blocks were quarantined."""
+
+    ok: int
+    corrupt: list[Cid] = field(default_factory=list)
+    stray: list[str] = field(default_factory=list)  # files whose name is not a CID
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStat:
+    blocks: int
+    bytes: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Blockstore:
+    """A directory of verified blocks with recursive pins and garbage collection."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.blocks_dir = self.root / "blocks"
+        self.quarantine_dir = self.root / "quarantine"
+        self.pins_path = self.root / _PINS_FILE
+        self.lock = threading.RLock()
+        for d in (self.root, self.blocks_dir, self.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._remove_temp_files()
+        self._pins = self._load_pins()
+
+    # -- paths -------------------------------------------------------------
+
+    @staticmethod
+    def _key(cid: Cid) -> str:
+        if not isinstance(cid, Cid):
+            raise TypeError(f"expected a Cid, not {type(cid).__name__}")
+        return cid.to_v1().encode()
+
+    def _path(self, cid: Cid) -> Path:
+        key = self._key(cid)
+        return self.blocks_dir / key[-3:-1] / key
+
+    def _remove_temp_files(self) -> None:
+        """Delete ``.tmp-*`` files that a crash left before their rename."""
+        for tmp in self.root.glob(f"{_TMP_PREFIX}*"):
+            tmp.unlink(missing_ok=True)
+        for shard in self._shards():
+            for tmp in shard.glob(f"{_TMP_PREFIX}*"):
+                tmp.unlink(missing_ok=True)
+
+    def _shards(self) -> Iterator[Path]:
+        with os.scandir(self.blocks_dir) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    yield Path(entry.path)
+
+    # -- blocks --------------------------------------------------------------
+
+    def has(self, cid: Cid) -> bool:
+        """Whether a file for the block exists (not verified; ``get`` does that)."""
+        return self._path(cid).is_file()
+
+    def get(self, cid: Cid) -> bytes:
+        """Return the block's bytes, re-hashed against ``cid``.
+
+        Raises :class:`BlockNotFound` or, if the bytes on disk are wrong,
+        quarantines the file and raises :class:`CorruptBlock`.
+        """
+        path = self._path(cid)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_BLOCK_SIZE + 1)
+        except FileNotFoundError:
+            raise BlockNotFound(f"block {cid} not found") from None
+        if len(data) > MAX_BLOCK_SIZE or not cid.verify(data):
+            raise CorruptBlock(cid, self._quarantine(path))
+        return data
+
+    def put(self, cid: Cid, data: bytes | bytearray | memoryview) -> bool:
+        """Store a block after checking that ``data`` hashes to ``cid``.
+
+        Returns False when an intact copy was already present (nothing
+        written); a damaged copy is quarantined and replaced. Raises
+        :class:`BlockMismatch` for wrong data, ValueError for a block over
+        :data:`MAX_BLOCK_SIZE`.
+        """
+        if len(data) > MAX_BLOCK_SIZE:
+            raise ValueError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
+        if not cid.verify(data):
+            raise BlockMismatch(f"data does not hash to {cid}")
+        path = self._path(cid)
+        with self.lock:
+            if path.is_file():
+                try:
+                    self.get(cid)
+                    return False
+                except (CorruptBlock, BlockNotFound):
+                    pass  # quarantined (or vanished): write a good copy
+            if not path.parent.is_dir():
+                path.parent.mkdir(exist_ok=True)
+                _fsync_dir(self.blocks_dir)
+            _write_atomic(path, bytes(data))
+        return True
+
+    def delete(self, cid: Cid) -> bool:
+        """Remove a block; returns whether it was there. Pins are not checked."""
+        path = self._path(cid)
+        with self.lock:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+    def iter_cids(self) -> Iterator[Cid]:
+        """Every stored block's CIDv1 (files with foreign names are skipped)."""
+        for _path, cid in self._iter_files():
+            if cid is not None:
+                yield cid
+
+    def _iter_files(self) -> Iterator[tuple[Path, Cid | None]]:
+        for shard in self._shards():
+            with os.scandir(shard) as it:
+                for entry in it:
+                    if entry.name.startswith(_TMP_PREFIX) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    try:
+                        cid = Cid.decode(entry.name)
+                    except CidError:
+                        yield Path(entry.path), None
+                        continue
+                    if cid.version != 1 or entry.path != str(self._path(cid)):
+                        yield Path(entry.path), None  # right name, wrong place
+                        continue
+                    yield Path(entry.path), cid
+
+    def _quarantine(self, path: Path) -> Path | None:
+        """Move a bad file out of ``blocks/``; returns where it went."""
+        target = self.quarantine_dir / f"{path.name}.{time.time_ns()}"
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            return None  # someone else moved or deleted it already
+        _fsync_dir(path.parent)
+        _fsync_dir(self.quarantine_dir)
+        return target
+
+    # -- pins ----------------------------------------------------------------
+
+    def _load_pins(self) -> set[Cid]:
+        try:
+            raw = self.pins_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return set()
+        try:
+            doc = json.loads(raw)
+            if doc.get("version") != _PINS_VERSION:
+                raise ValueError(f"unknown version {doc.get('version')!r}")
+            return {Cid.decode(s) for s in doc["recursive"]}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A torn pin file cannot happen (atomic writes), so this is damage
+            # from outside; refuse to start rather than GC everything.
+            raise BlockstoreError(f"{self.pins_path} is unreadable: {exc}") from exc
+
+    def _save_pins(self) -> None:
+        doc = {"version": _PINS_VERSION,
+               "recursive": sorted(c.encode() for c in self._pins)}
+        _write_atomic(self.pins_path, (json.dumps(doc, indent=1) + "\n").encode())
+
+    def pins(self) -> set[Cid]:
+        """The recursively pinned roots (as CIDv1)."""
+        with self.lock:
+            return set(self._pins)
+
+    def pin(self, root: Cid) -> int:
+        """Pin ``root`` and everything reachable from it through dag-pb links.
+
+        The whole DAG must be present and intact (it is walked and verified
+        first; :class:`BlockNotFound` or :class:`CorruptBlock` otherwise).
+        Returns the number of blocks under the pin.
+        """
+        root = root.to_v1()
+        with self.lock:
+            count = len(self._reachable([root], strict=True))
+            if root not in self._pins:
+                self._pins.add(root)
+                self._save_pins()
+        return count
+
+    def unpin(self, root: Cid) -> bool:
+        """Drop a pin; returns whether it existed. Blocks go at the next ``gc``."""
+        root = root.to_v1()
+        with self.lock:
+            if root not in self._pins:
+                return False
+            self._pins.remove(root)
+            self._save_pins()
+            return True
+
+    def _reachable(self, roots: Iterable[Cid], strict: bool) -> set[Cid]:
+        """All CIDv1s reachable from ``roots``.
+
+        With ``strict`` a missing, corrupt or undecodable block raises; without
+        it (for GC) the walk just stops there, keeping what it can reach.
+        """
+        seen: set[Cid] = set()
+        stack = [c.to_v1() for c in roots]
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            try:
+                children = links_of(cid, self.get(cid))
+            except (BlockNotFound, CorruptBlock, UnixfsError):
+                if strict:
+                    raise
+                continue
+            stack.extend(c.to_v1() for c in children)
+        return seen
+
+    # -- maintenance -----------------------------------------------------------
+
+    def gc(self) -> GcResult:
+        """Delete every block not reachable from a pin; returns what was freed."""
+        with self.lock:
+            keep = self._reachable(self._pins, strict=False)
+            blocks = freed = 0
+            for path, cid in list(self._iter_files()):
+                if cid is None or cid in keep:
+                    continue
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                blocks += 1
+                freed += size
+            return GcResult(blocks, freed)
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every block; corrupt ones are quarantined and listed."""
+        ok = 0
+        corrupt: list[Cid] = []
+        stray: list[str] = []
+        for path, cid in list(self._iter_files()):
+            if cid is None:
+                stray.append(str(path.relative_to(self.root)))
+                continue
+            try:
+                self.get(cid)
+            except CorruptBlock:
+                corrupt.append(cid)
+            except BlockNotFound:
+                continue  # deleted meanwhile
+            else:
+                ok += 1
+        return VerifyReport(ok, corrupt, stray)
+
+    def stat(self) -> StoreStat:
+        """Number of blocks and their total size in bytes."""
+        count = total = 0
+        for path, cid in self._iter_files():
+            if cid is None:
+                continue
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+            count += 1
+        return StoreStat(count, total)
+
+    def __contains__(self, cid: object) -> bool:
+        return isinstance(cid, Cid) and self.has(cid)
+
+    def __repr__(self) -> str:
+        return f"Blockstore({str(self.root)!r})"
