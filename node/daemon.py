@@ -25,7 +25,7 @@ from .genesis import Genesis, load_genesis
 from .identity import Identity, load_or_create_identity
 from .metrics import Metrics, node_metrics, serve_metrics
 from .p2p.envelope import SignedMessage
-from .p2p.gossip import Gossip
+from .p2p.gossip import Gossip, Received
 from .p2p.host import P2PHost
 
 log = logging.getLogger("ofnode.node")
@@ -238,12 +238,15 @@ class Node:
             if not isinstance(type, str) or not isinstance(limit, int) or limit < 1:
                 raise RpcError(INVALID_PARAMS, "type must be a string and limit an int >= 1")
             items = [r for r in self.gossip.recent if not type or r.message.type == type][-limit:]
-            return [
-                {"id": r.message.id, "type": r.message.type, "sender": r.message.sender,
-                 "timestamp_ms": r.message.timestamp_ms, "received_ms": r.received_ms,
-                 **({"text": r.message.payload.decode(errors="replace")} if r.message.type == NOTE else {})}
-                for r in items
-            ]
+            return [_received(r) for r in items]
+
+        async def wait_message(id: str, timeout: float = 10.0) -> dict[str, Any]:
+            if not isinstance(id, str) or len(id) != 64 or not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise RpcError(INVALID_PARAMS, "id must be a 64-hex message id and timeout a number > 0")
+            with trio.move_on_after(min(timeout, 600)):
+                r = await self.gossip.wait_for(id)
+                return {"received": True, "copies": len(self.gossip.find(id)), **_received(r)}
+            return {"received": False, "copies": 0}
 
         async def metrics_text() -> str:
             return self.metrics.render()
@@ -256,4 +259,13 @@ class Node:
         api.method("p2p.connect", connect)
         api.method("gossip.publish", publish)
         api.method("gossip.recent", recent)
+        api.method("gossip.wait", wait_message, timeout=610)
         api.method("metrics.text", metrics_text)
+
+
+def _received(r: Received) -> dict[str, Any]:
+    m = r.message
+    out = {"id": m.id, "type": m.type, "sender": m.sender, "timestamp_ms": m.timestamp_ms, "received_ms": r.received_ms}
+    if m.type == NOTE:
+        out["text"] = m.payload.decode(errors="replace")
+    return out

@@ -12,8 +12,17 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def _console():
+    import shutil
+
     from rich.console import Console
+
+    # Off a terminal rich assumes 80 columns and wraps peer ids; logs and
+    # pipes are better served by full lines.
+    return Console() if sys.stdout.isatty() else Console(width=max(160, shutil.get_terminal_size().columns))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", header_style="bold")
@@ -21,11 +30,10 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
         t.add_column(c)
     for r in rows:
         t.add_row(*["" if v is None else str(v) for v in r])
-    Console().print(t)
+    _console().print(t)
 
 
 def kv(title: str, pairs: Sequence[tuple[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
@@ -33,7 +41,7 @@ def kv(title: str, pairs: Sequence[tuple[str, Any]]) -> None:
     t.add_column()
     for k, v in pairs:
         t.add_row(k, "" if v is None else str(v))
-    Console().print(t)
+    _console().print(t)
 
 
 def err(msg: str) -> None:

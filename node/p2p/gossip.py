@@ -68,6 +68,7 @@ class Gossip:
         self._handlers: dict[str, list[Handler]] = {}
         self._watchers: set[trio.MemorySendChannel[Received]] = set()
         self.recent: deque[Received] = deque(maxlen=1024)
+        self._arrivals: dict[str, trio.Event] = {}
 
     # -- public API ------------------------------------------------------
     def on(self, type_: str, handler: Handler) -> None:
@@ -81,6 +82,16 @@ class Gossip:
             raise ValueError(f"message of {len(raw)} bytes exceeds gossip.max_message_bytes")
         await self._out_send.send(raw)
         return message_id(raw)
+
+    def find(self, msg_id: str) -> list[Received]:
+        return [r for r in self.recent if r.message.id == msg_id]
+
+    async def wait_for(self, msg_id: str) -> Received:
+        """Return once the message ``msg_id`` has been delivered here."""
+        while not (found := self.find(msg_id)):
+            event = self._arrivals.setdefault(msg_id, trio.Event())
+            await event.wait()
+        return found[0]
 
     @asynccontextmanager
     async def watch(self, buffer: int = 256) -> AsyncIterator[trio.MemoryReceiveChannel[Received]]:
@@ -155,6 +166,8 @@ class Gossip:
             self.metrics.inc("ofnode_gossip_in_total", type=signed.type)
             rec = Received(signed, now_ms())
             self.recent.append(rec)
+            if (arrived := self._arrivals.pop(signed.id, None)) is not None:
+                arrived.set()
             for w in list(self._watchers):
                 try:
                     w.send_nowait(rec)
