@@ -192,6 +192,8 @@ class Cid:
             if len(raw) != 34:
                 raise CidError("CIDv0 does not decode to a 34-byte multihash")
             return cls.from_bytes(raw)
+        if text.startswith("Qm"):
+            raise CidError(f"a CIDv0 'Qm…' string has 46 characters, not {len(text)}")
         prefix, body = text[0], text[1:]
         if prefix == "b":
             raw = _b32decode(body)
