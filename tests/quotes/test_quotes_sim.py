@@ -208,3 +208,20 @@ def test_every_single_byte_flip_is_rejected(pki, quote, collateral):
     assert [o for o in accepted if o < cert_start] == []
     # In the certification data only the documented uncovered bytes slip through.
     assert set(accepted) <= exempt, sorted(set(accepted) - exempt)
+
+
+def test_trailing_bytes_dcap_qvl_ignores_but_layout_rejects(pki, quote, collateral):
+    """dcap-qvl does not insist the quote ends where its lengths say; layout.parse does.
+
+    A verifier that keys anything on the quote bytes must therefore run
+    layout.parse too, or two byte strings would count as "the same" quote.
+    """
+    padded = quote + b"junk"
+    assert verify(padded, collateral, pki.root_cert_der)["status"] == "UpToDate"
+    with pytest.raises(layout.QuoteFormatError):
+        layout.parse(padded)
+    inner = bytearray(padded)  # junk inside the signature data, length field adjusted
+    inner[layout.SIGNED_LEN : layout.SIGNED_LEN + 4] = (len(padded) - layout.SIGNED_LEN - 4).to_bytes(4, "little")
+    assert verify(bytes(inner), collateral, pki.root_cert_der)["status"] == "UpToDate"
+    with pytest.raises(layout.QuoteFormatError):
+        layout.parse(bytes(inner))
