@@ -307,7 +307,7 @@ class Blockstore:
         """
         root = root.to_v1()
         with self.lock:
-            count = len(self._reachable([root], strict=True))
+            count = len(self._reachable([root]))
             if root not in self._pins:
                 self._pins.add(root)
                 self._save_pins()
@@ -323,12 +323,9 @@ class Blockstore:
             self._save_pins()
             return True
 
-    def _reachable(self, roots: Iterable[Cid], strict: bool) -> set[Cid]:
-        """All CIDv1s reachable from ``roots``.
-
-        With ``strict`` a missing, corrupt or undecodable block raises; without
-        it (for GC) the walk just stops there, keeping what it can reach.
-        """
+    def _reachable(self, roots: Iterable[Cid]) -> set[Cid]:
+        """All CIDv1s reachable from ``roots``; a missing, corrupt or
+        undecodable block on the way raises."""
         seen: set[Cid] = set()
         stack = [c.to_v1() for c in roots]
         while stack:
@@ -336,21 +333,24 @@ class Blockstore:
             if cid in seen:
                 continue
             seen.add(cid)
-            try:
-                children = links_of(cid, self.get(cid))
-            except (BlockNotFound, CorruptBlock, UnixfsError):
-                if strict:
-                    raise
-                continue
-            stack.extend(c.to_v1() for c in children)
+            stack.extend(c.to_v1() for c in links_of(cid, self.get(cid)))
         return seen
 
     # -- maintenance -----------------------------------------------------------
 
     def gc(self) -> GcResult:
-        """Delete every block not reachable from a pin; returns what was freed."""
+        """Delete every block not reachable from a pin; returns what was freed.
+
+        If a pinned DAG cannot be walked (a block missing, corrupt or not
+        decodable) nothing is deleted and :class:`BlockstoreError` is raised,
+        as kubo does: the blocks below the gap are still wanted, we just can
+        no longer tell which they are. Re-fetch the gap or unpin the root.
+        """
         with self.lock:
-            keep = self._reachable(self._pins, strict=False)
+            try:
+                keep = self._reachable(self._pins)
+            except (BlockNotFound, CorruptBlock, UnixfsError) as exc:
+                raise BlockstoreError(f"gc aborted, a pinned DAG is incomplete: {exc}") from exc
             blocks = freed = 0
             for path, cid in list(self._iter_files()):
                 if cid is None or cid in keep:
