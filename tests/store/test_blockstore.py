@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -32,7 +33,6 @@ def raw(data: bytes) -> tuple[Cid, bytes]:
 
 
 def add_file(store: Blockstore, data: bytes) -> Cid:
-    import io
     return import_stream(io.BytesIO(data), store.put, chunk_size=16, max_links=4).cid
 
 
