@@ -190,7 +190,7 @@ def unpack(
     dest = Path(dest)
     created = not dest.exists()
     if created:
-        dest.mkdir(mode=0o755)
+        dest.mkdir(mode=0o755, parents=True)
     elif not dest.is_dir() or any(dest.iterdir()):
         raise PackageError(f'"{dest}" is not an empty directory')
     try:
