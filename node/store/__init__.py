@@ -1,6 +1,6 @@
 """Content-addressed storage for ofnode.
 
-* :mod:`node.store.cid` - strict CID parsing and encoding.
+* :mod:`enclave.cid` - strict CID parsing and encoding.
 * :mod:`node.store.unixfs` - kubo-compatible UnixFS file importer, dag-pb /
   UnixFS codec and a verifying file walker.
 * :mod:`node.store.blockstore` - the on-disk blockstore with pins and GC.
@@ -8,7 +8,7 @@
 See docs/store.md for the rules and guarantees.
 """
 
-from .cid import DAG_PB, RAW, Cid, CidError
+from enclave.cid import DAG_PB, RAW, Cid, CidError
 from .unixfs import UnixfsError, cid_of_file, import_file, import_stream, iter_file_blocks
 
 __all__ = [

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .cid import Cid, CidError
+from enclave.cid import Cid, CidError
 from .unixfs import UnixfsError, links_of
 
 __all__ = [

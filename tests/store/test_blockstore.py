@@ -19,7 +19,7 @@ from node.store.blockstore import (
     BlockstoreError,
     CorruptBlock,
 )
-from node.store.cid import DAG_PB, RAW, Cid
+from enclave.cid import DAG_PB, RAW, Cid
 from node.store.unixfs import import_stream, iter_file_blocks
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.store.cid import DAG_PB, RAW, Cid
+from enclave.cid import DAG_PB, RAW, Cid
 from node.store.unixfs import (
     MAX_DEPTH,
     T_DIRECTORY,

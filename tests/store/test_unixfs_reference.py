@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from node.store.cid import Cid
+from enclave.cid import Cid
 from node.store.unixfs import CHUNK_SIZE, MAX_LINKS, cid_of_file, import_file
 
 # name -> size in bytes; chosen around every boundary of the layout.

@@ -1,4 +1,7 @@
-"""Content identifiers (CIDs) for ofnode's store.
+"""Content identifiers (CIDs): shared by the store and the enclave runtime.
+
+Standard library only (this module is part of the trusted base: the enclave
+re-hashes the encrypted AI against its CID).
 
 Only the small corner of the multiformats world that the store uses is
 supported, on purpose: every CID that enters the node (from a user, a peer or a
@@ -29,7 +32,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final
 
-import base58
 
 __all__ = [
     "RAW",
@@ -61,7 +63,29 @@ _MAX_CID_TEXT: Final = 128
 _MAX_CID_BYTES: Final = 64
 
 _B32_ALPHABET: Final = frozenset("abcdefghijklmnopqrstuvwxyz234567")
-_B58_ALPHABET: Final = frozenset(base58.BITCOIN_ALPHABET.decode("ascii"))
+_B58_DIGITS: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_ALPHABET: Final = frozenset(_B58_DIGITS)
+_B58_INDEX: Final = {c: i for i, c in enumerate(_B58_DIGITS)}
+
+
+def b58encode(data: bytes) -> str:
+    """base58btc (bitcoin alphabet); leading zero bytes become leading '1's."""
+    n = int.from_bytes(data, "big")
+    out = []
+    while n:
+        n, r = divmod(n, 58)
+        out.append(_B58_DIGITS[r])
+    zeros = len(data) - len(data.lstrip(b"\0"))
+    return "1" * zeros + "".join(reversed(out))
+
+
+def b58decode(text: str) -> bytes:
+    n = 0
+    for c in text:
+        n = n * 58 + _B58_INDEX[c]
+    zeros = len(text) - len(text.lstrip("1"))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
+    return b"\0" * zeros + body
 
 
 class CidError(ValueError):
@@ -140,7 +164,7 @@ def _b58decode(text: str) -> bytes:
         raise CidError(f"invalid base58btc character(s) {''.join(sorted(bad))!r}")
     # base58 is a bijection once the alphabet is checked (leading '1's are
     # leading zero bytes), so no canonical-form check is needed here.
-    return base58.b58decode(text)
+    return b58decode(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +283,7 @@ class Cid:
     def encode(self) -> str:
         """The canonical string: ``Qm…`` for CIDv0, base32 ``b…`` for CIDv1."""
         if self.version == 0:
-            return base58.b58encode(self.multihash).decode("ascii")
+            return b58encode(self.multihash)
         return "b" + _b32encode(self.to_bytes())
 
     def to_v1(self) -> Cid:
