@@ -285,10 +285,11 @@ def _check_key(key: bytes) -> AESGCM:
 
 
 class EncryptedStream:
-    """Iterable of the package bytes: the header, then each sealed chunk.
+    """Iterator over the package bytes: the header, then each sealed chunk.
 
-    Iterate it once.  Afterwards ``plaintext_sha256`` (hex SHA-256 of all
-    plaintext), ``plaintext_size`` and ``ciphertext_size`` are set.
+    Lazy: nothing is read or encrypted until it is iterated.  Once exhausted,
+    ``plaintext_sha256`` (hex SHA-256 of all plaintext), ``plaintext_size``
+    and ``ciphertext_size`` are set.
     """
 
     def __init__(self, chunks: Iterable[bytes], key: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
@@ -299,10 +300,10 @@ class EncryptedStream:
         self.chunk_size = chunk_size
         self.header = _HEADER.pack(PACKAGE_MAGIC, _VERSION, _ALG_AES256GCM, 0, chunk_size, os.urandom(8))
         self._prefix = self.header[-8:]
-        self._started = False
         self._sha: str | None = None
         self.plaintext_size = 0
         self.ciphertext_size = 0
+        self._gen = self._run()
 
     @property
     def plaintext_sha256(self) -> str:
@@ -318,10 +319,10 @@ class EncryptedStream:
         return self._aead.encrypt(nonce, data, _aad(self.header, index, final))
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._started:
-            raise PackageError("an EncryptedStream can be iterated only once")
-        self._started = True
-        return self._run()
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._gen)
 
     def _run(self) -> Iterator[bytes]:
         size = self.chunk_size
@@ -367,7 +368,7 @@ def encrypt_stream(chunks: Iterable[bytes], key: bytes, *, chunk_size: int = DEF
 
 
 class DecryptedStream:
-    """Iterable of authenticated plaintext chunks of a package.
+    """Iterator over the authenticated plaintext chunks of a package (lazy).
 
     Each chunk is yielded only after its tag verified.  The stream raises
     :class:`PackageError` if the package is cut short, has trailing bytes, or
@@ -380,10 +381,10 @@ class DecryptedStream:
         self._aead = _check_key(key)
         self._source = source
         self._expected = expected_sha256
-        self._started = False
         self._sha: str | None = None
         self.plaintext_size = 0
         self.chunk_size: int | None = None
+        self._gen = self._run()
 
     @property
     def plaintext_sha256(self) -> str:
@@ -393,10 +394,10 @@ class DecryptedStream:
         return self._sha
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._started:
-            raise PackageError("a DecryptedStream can be iterated only once")
-        self._started = True
-        return self._run()
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._gen)
 
     def _read_header(self, r: "_Reader") -> bytes:
         header = r.read_upto(HEADER_SIZE)

@@ -450,20 +450,40 @@ def test_expected_plaintext_hash() -> None:
         list(decrypt_stream(sealed, key, expected_sha256="00" * 32))
 
 
-def test_streams_iterate_once_and_hash_only_after_end() -> None:
+def test_streams_are_lazy_iterators_with_hash_after_end() -> None:
     key = new_key()
     enc = encrypt_stream([b"abc"], key, chunk_size=CHUNK)
+    assert iter(enc) is enc
+    header = next(enc)
+    assert len(header) == HEADER_SIZE
     with pytest.raises(PackageError, match="after the whole stream"):
         _ = enc.plaintext_sha256
-    sealed = b"".join(enc)
-    with pytest.raises(PackageError, match="only once"):
-        list(enc)
+    sealed = header + b"".join(enc)
+    assert list(enc) == []  # exhausted, like any iterator
+    assert enc.plaintext_sha256 == hashlib.sha256(b"abc").hexdigest()
     dec = decrypt_stream(sealed, key)
     with pytest.raises(PackageError, match="after the whole stream"):
         _ = dec.plaintext_sha256
-    list(dec)
-    with pytest.raises(PackageError, match="only once"):
-        list(dec)
+    assert next(dec) == b"abc"
+    with pytest.raises(StopIteration):
+        next(dec)
+    assert dec.plaintext_sha256 == enc.plaintext_sha256
+
+
+def test_decrypt_is_lazy() -> None:
+    key = new_key()
+    pulled = []
+
+    def source():
+        sealed = seal(os.urandom(3 * CHUNK), key)
+        for i in range(0, len(sealed), 100):
+            pulled.append(i)
+            yield sealed[i:i + 100]
+
+    dec = decrypt_stream(source(), key)
+    assert pulled == []
+    next(dec)
+    assert len(pulled) <= (HEADER_SIZE + CHUNK + TAG_SIZE) // 100 + 2
 
 
 def test_chunk_size_bounds() -> None:
