@@ -140,6 +140,29 @@ def cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cid(args: argparse.Namespace) -> int:
+    import time
+
+    from enclave.unixfs import import_stream
+
+    results = []
+    for f in args.files:
+        t = time.monotonic()
+        try:
+            with open(f, "rb", buffering=0) as stream:
+                r = import_stream(stream)
+        except OSError as e:
+            raise CliError(f"{f}: {e.strerror}", EXIT_USAGE) from None
+        results.append({"file": f, "cid": r.cid.encode(), "size": r.size, "blocks": r.blocks,
+                        "seconds": round(time.monotonic() - t, 4)})
+    if args.json:
+        output.emit_json(results if len(results) > 1 else results[0])
+    else:
+        for r in results:
+            print(f"{r['cid']}  {r['file']}" if len(results) > 1 else r["cid"])
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     s = _call(args, "node.status")
     if args.json:
@@ -278,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("id", parents=[common], help="print this node's peer id (offline)")
     s.set_defaults(fn=cmd_id)
+    s = sub.add_parser("cid", parents=[common], help="compute a file's IPFS CIDv1 offline (same as `ipfs add --cid-version 1`)")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.set_defaults(fn=cmd_cid)
     s = sub.add_parser("status", parents=[common], help="show the running node's status")
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("peers", parents=[common], help="list connected peers")
