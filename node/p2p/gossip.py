@@ -26,6 +26,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from . import libp2p_patches  # noqa: F401  (applied before any pubsub runs)
 from ..identity import Identity
 from ..metrics import Metrics
 from .envelope import EnvelopeRejected, SignedMessage, message_id, now_ms, open_envelope, seal
