@@ -104,6 +104,8 @@ class Node:
                     on_ready(info)
                 await self._stop.wait()
                 log.info("node stopping")
+                with trio.move_on_after(2):  # long calls (waits, jobs) are cut short
+                    await self.api.drain()
                 nursery.cancel_scope.cancel()
         finally:
             self._release_lock()

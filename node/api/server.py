@@ -42,6 +42,9 @@ class ApiServer:
         self.max_request_bytes, self.max_connections = max_request_bytes, max_connections
         self._methods: dict[str, _Registered] = {}
         self._conn_limit = trio.CapacityLimiter(max_connections)
+        self._inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
 
     def method(self, name: str, fn: Method, timeout: float = 30.0) -> None:
         """Register ``fn(**params)``; if it takes ``progress`` it may stream notifications."""
@@ -101,7 +104,22 @@ class ApiServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
+    async def drain(self) -> None:
+        """Return once no call is in flight: a node stopping on `node.stop`
+        still answers that call (and any other running one) first."""
+        await self._idle.wait()
+
     async def _answer(self, line: bytes, send: Callable[[bytes], Awaitable[None]]) -> None:
+        self._inflight += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
+            await self._answer_line(line, send)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _answer_line(self, line: bytes, send: Callable[[bytes], Awaitable[None]]) -> None:
         try:
             try:
                 req = json.loads(line)
