@@ -7,7 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .stamps
-APT_PACKAGES := bubblewrap iproute2 procps
+# Debian packages, each named with a command it provides: a command already on
+# PATH (e.g. node/npm from another source) is not reinstalled over.
+APT_NEEDS := bwrap:bubblewrap ip:iproute2 ps:procps npm:npm node:nodejs
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup clean-venv bench proto
@@ -16,7 +18,8 @@ setup: $(STAMPS)/venv
 
 $(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for need in $(APT_NEEDS); do cmd=$${need%%:*}; pkg=$${need#*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -28,7 +31,8 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing ofnode into $(VENV)"
-	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v '^WARNING: Location' || true; }; \
+	  test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
 demo: $(STAMPS)/venv
