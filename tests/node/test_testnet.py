@@ -166,22 +166,38 @@ def test_socket_is_private(net5):
     assert st.st_mode & 0o777 == 0o600
 
 
-def test_restart_keeps_peer_id_and_rejoins(net5):
-    state_file = net5["dir"] / testnet.STATE_FILE
-    n = net5["nodes"][4]
+def _restart(net5, i):
+    n = net5["nodes"][i]
     fd = os.pidfd_open(n["pid"])
     assert call(n["socket"], "node.stop")["stopping"]
     assert select.select([fd], [], [], 20)[0], "node did not exit after node.stop"
     os.close(fd)
     proc, info = start_daemon(n["data_dir"])
     n["pid"] = proc.pid
-    state_file.write_text(json.dumps({k: v for k, v in net5.items() if k != "dir"}))
+    (net5["dir"] / testnet.STATE_FILE).write_text(json.dumps({k: v for k, v in net5.items() if k != "dir"}))
+    return n, info
+
+
+def test_restart_keeps_peer_id_and_rejoins(net5):
+    n, info = _restart(net5, 4)
     assert info["peer_id"] == n["peer_id"]
+    # node4 bootstraps to nodes 0-3 and redials them all.
     r = call(n["socket"], "node.wait_peers", {"peers": others(net5, 4), "timeout": 20}, timeout=30)
     assert r["ok"], r
-    # The others redial it too: node1 bootstraps only to node0, so it learns node4 back via node4's own dial.
-    for i, m in enumerate(net5["nodes"][:4]):
-        assert call(m["socket"], "node.wait_peers", {"peers": [n["peer_id"]], "timeout": 20}, timeout=30)["ok"]
+
+
+def test_bootstrap_links_are_redialed(net5):
+    """node0 is every other node's bootstrap peer and dials nobody itself:
+    after it restarts, the others must notice the drop and reconnect."""
+    n, info = _restart(net5, 0)
+    assert info["peer_id"] == n["peer_id"]
+    for m in net5["nodes"][1:]:
+        r = call(m["socket"], "node.wait_peers", {"peers": [n["peer_id"]], "timeout": 20}, timeout=30)
+        assert r["ok"], f"{m['name']} did not reconnect to node0"
+    # And gossip flows again through the restarted node.
+    msg = call(n["socket"], "gossip.publish", {"text": "back"})["id"]
+    for m in net5["nodes"]:
+        assert call(m["socket"], "gossip.wait", {"id": msg, "timeout": 10})["received"]
 
 
 def test_second_daemon_on_same_data_dir_refused(net5):

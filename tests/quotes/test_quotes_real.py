@@ -1,4 +1,4 @@
-"""The real SGX quote in /work/shared/data/dcap: our layout agrees with dcap_qvl."""
+"""The real SGX quote in shared/data/dcap: our layout agrees with dcap_qvl."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ import pytest
 
 from enclave.quotes import layout
 
-DATA = Path("/work/shared/data/dcap")
-pytestmark = pytest.mark.skipif(not (DATA / "sgx_quote.bin").exists(), reason="real DCAP sample not available")
+from tests.parts import SHARED, require_part
+
+DATA = SHARED / "data" / "dcap"
+
+
+@pytest.fixture(autouse=True)
+def _sample_present() -> None:
+    require_part("the real DCAP sample", (DATA / "sgx_quote.bin").exists(), f"looked in {DATA}")
 # Inside the sample collateral's validity window (issued 2025-06-19, next update 2025-07-19).
 WHEN = int(dt.datetime(2025, 6, 20, tzinfo=dt.timezone.utc).timestamp())
 
