@@ -31,7 +31,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing ofnode into $(VENV)"
-	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v '^WARNING: Location' || true; }; \
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test,train]' 2>&1 | { grep -v '^WARNING: Location' || true; }; \
 	  test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 

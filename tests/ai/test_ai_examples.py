@@ -131,8 +131,12 @@ def test_wordcount_runs(tmp_path: Path) -> None:
 
 
 def test_digits_training_is_reproducible(tmp_path: Path) -> None:
-    pytest.importorskip("sklearn")
-    pytest.importorskip("skl2onnx")
+    import importlib.util
+
+    from tests.parts import require_part
+
+    for mod in ("sklearn", "skl2onnx"):
+        require_part(mod, importlib.util.find_spec(mod) is not None, "pip install -e '.[train]'")
     work = tmp_path / "examples"
     shutil.copytree(DIGITS, work / "digits")
     shutil.copy(EXAMPLES / "update_files.py", work / "update_files.py")
