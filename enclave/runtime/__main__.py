@@ -1,0 +1,5 @@
+import sys
+
+from enclave.runtime.main import main
+
+sys.exit(main())

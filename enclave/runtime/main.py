@@ -1,0 +1,268 @@
+"""The in-enclave runtime: attest, fetch and check the AI, serve requests over TLS.
+
+``python -m enclave.runtime --socket PATH [--quote-source sim-host|dev-attestation]
+[--attestation-dir DIR] [--scratch DIR]``
+
+Lifecycle (``docs/enclave-runtime.md``):
+
+1. connect to the host's socket; wait for ``job``;
+2. fresh P-256 key; two quotes (legacy: report data SHA-256(SPKI || nonce);
+   DICE: SHA-256(claims)); RA-TLS certificate; send ``evidence``;
+3. in the background: ``fetch_ai`` -> re-hash the ciphertext against the AI
+   CID -> key from the KeyProvider -> decrypt into the scratch dir -> package
+   ``ai.toml`` must equal the job's manifest -> ``check_files`` -> load runner;
+4. serve each ``tls`` stream the host opens: handshake, input, run, output +
+   signed receipt; after ``max_requests`` say ``bye`` and exit 0.
+
+Any failure: ``{"op": "error"}`` to the host and exit status 1.  Every wait
+has a timeout.  Standard library + ``cryptography`` (+ onnxruntime lazily).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from enclave import ratls
+from enclave.cid import Cid, CidError
+from enclave.ai_manifest import ManifestError, check_files, parse_manifest
+from enclave.package import PackageError, open_package
+from enclave.quotes import layout
+from enclave.runtime import runners, tls
+from enclave.runtime.channel import Channel, ChannelError
+from enclave.quotes.source import QuoteSourceError
+from enclave.runtime.keys import HostTestHookKeyProvider, KeyContext, KeyProvider, KeyUnavailable
+from enclave.unixfs import cid_of_chunks
+
+JOB_TIMEOUT = 30.0  # host must send the job this soon
+REPLY_TIMEOUT = 30.0  # quote / fetch_ai / key replies
+STREAM_TIMEOUT = 60.0  # silence on a stream
+DEFAULT_DEADLINE = 600.0  # whole job, unless the job says otherwise
+MAX_INPUT = 64 << 20
+
+
+class Failure(Exception):
+    """A reason to stop the job (sent to the host as the error)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class Runtime:
+    def __init__(self, chan: Channel, scratch: Path, quote_source: str, attestation_dir: str) -> None:
+        self.chan, self.scratch = chan, scratch
+        self.quote_source, self.attestation_dir = quote_source, attestation_dir
+        self.ai_ready = threading.Event()
+        self.run_lock = threading.Lock()
+        self.served = 0
+        self.active = 0
+        self.runner: runners.Runner | None = None
+
+    # ---- 1. the job
+    def read_job(self) -> None:
+        kind, msg = self.chan.next_event(JOB_TIMEOUT)
+        if kind != "ctrl" or msg.get("op") != "job":  # type: ignore[union-attr]
+            raise Failure(f"expected a job first, got {kind} {msg!r}"[:300])
+        job: dict = msg  # type: ignore[assignment]
+        try:
+            self.request_id = str(job["request_id"])
+            self.nonce = bytes.fromhex(job["nonce"])
+            self.ai_cid = str(job["ai_cid"])
+            self.cid = Cid.decode(self.ai_cid).to_v1()
+            self.manifest_bytes = job["manifest"].encode()
+            self.max_requests = int(job.get("max_requests", 1))
+            self.deadline = time.monotonic() + float(job.get("timeout", DEFAULT_DEADLINE))
+        except (KeyError, TypeError, ValueError, AttributeError, CidError) as exc:
+            raise Failure(f"malformed job: {exc!r}") from None
+        if len(self.nonce) != 32 or not 1 <= self.max_requests <= 1_000_000:
+            raise Failure("malformed job: nonce must be 32 bytes, max_requests 1..1e6")
+        self.manifest = parse_manifest(self.manifest_bytes)
+
+    # ---- 2. attestation
+    def get_quote(self, report_data: bytes) -> bytes:
+        if self.quote_source == "dev-attestation":
+            from enclave.quotes.dev_attestation import DevAttestationQuoteSource
+
+            return DevAttestationQuoteSource(self.attestation_dir).get_quote(report_data)
+        _, reply = self.chan.request({"op": "quote", "report_data": report_data.hex()}, REPLY_TIMEOUT)
+        try:
+            quote = base64.b64decode(reply["quote"], validate=True)  # type: ignore[index]
+            if layout.parse(quote).report_data != report_data:
+                raise Failure("host returned a quote over other report data")
+        except (KeyError, TypeError, ValueError, layout.QuoteFormatError) as exc:
+            raise Failure(f"host returned no valid quote: {exc}") from None
+        return quote
+
+    def attest(self) -> None:
+        t0 = time.perf_counter()
+        self.key = ratls.new_key()
+        self.cert_der, quote = ratls.make_evidence(self.key, self.nonce, self.get_quote)
+        self.mrenclave = layout.parse(quote).mr_enclave.hex()
+        t1 = time.perf_counter()
+        self.tls_ctx = tls.server_context(self.key, self.cert_der, self.scratch)
+        t2 = time.perf_counter()
+        self.chan.send({"op": "evidence", "cert": _b64(self.cert_der), "quote": _b64(quote),
+                        "mrenclave": self.mrenclave,
+                        "timing": {"evidence_ms": (t1 - t0) * 1e3, "tls_ms": (t2 - t1) * 1e3}})
+
+    # ---- 3. the AI
+    def prepare(self, keys: KeyProvider) -> None:
+        try:
+            self._prepare(keys)
+            self.chan.send({"op": "ai_ready"})
+            self.ai_ready.set()
+        except Exception as exc:  # noqa: BLE001 - any failure here ends the job
+            self.chan.post(("fatal", f"{type(exc).__name__}: {exc}"))
+
+    def _prepare(self, keys: KeyProvider) -> None:
+        kind, st = self.chan.request({"op": "fetch_ai"}, REPLY_TIMEOUT)
+        if kind != "stream" or st.info.get("kind") != "ai":  # type: ignore[union-attr]
+            raise Failure("host answered fetch_ai without an ai stream")
+        pkg = self.scratch / "ai.pkg"
+
+        def chunks():
+            while (chunk := st.recv(STREAM_TIMEOUT)) is not None:  # type: ignore[union-attr]
+                f.write(chunk)
+                yield chunk
+            if st.closed_reason:  # type: ignore[union-attr]
+                raise Failure(f"host could not supply the AI: {st.closed_reason}")  # type: ignore[union-attr]
+
+        with open(pkg, "wb") as f:
+            cid = cid_of_chunks(chunks())
+        if Cid.decode(cid) != self.cid:
+            raise Failure(f"AI CID mismatch: the host's bytes hash to {cid}, the job names {self.ai_cid}; "
+                          "refusing the AI")
+        key = keys.get_key(KeyContext(self.request_id, self.ai_cid, self.key, self.cert_der))
+        ai_dir = self.scratch / "ai"
+        try:
+            with open(pkg, "rb") as f:
+                open_package(f, bytes(key), ai_dir)
+        except PackageError as exc:
+            raise Failure(f"cannot decrypt the AI: {exc}") from None
+        finally:
+            key[:] = bytes(len(key))  # wipe (Python may hold other copies; this is what we can do)
+            del key
+        if (ai_dir / "ai.toml").read_bytes() != self.manifest_bytes:
+            raise Failure("the package's ai.toml differs from the job's (measured) manifest")
+        check_files(ai_dir, self.manifest)
+        self.runner = runners.load(self.manifest, ai_dir)
+
+    # ---- 4. requests
+    def serve(self, st) -> None:
+        conn = tls.TlsConn(self.tls_ctx, st, STREAM_TIMEOUT)
+        ok = False
+        try:
+            conn.handshake()
+            (n,) = tls.REQ_HEADER.unpack(conn.read_exact(tls.REQ_HEADER.size))
+            if n > MAX_INPUT:
+                conn.write(tls.encode_response({"status": "error", "error": f"input over {MAX_INPUT} bytes"}))
+                return
+            data = conn.read_exact(n)
+            t0 = time.perf_counter()
+            if not self.ai_ready.wait(max(0.0, self.deadline - time.monotonic())):
+                raise Failure("AI not ready before the deadline")
+            try:
+                with self.run_lock:
+                    output, infer_s = self.runner(data)  # type: ignore[misc]
+            except runners.BadRequest as exc:
+                conn.write(tls.encode_response({"status": "error", "error": f"bad request: {exc}"}))
+                return
+            except Exception as exc:  # noqa: BLE001 - the AI failed; tell the consumer only
+                conn.write(tls.encode_response({"status": "error", "error": f"AI failed: {type(exc).__name__}: {exc}"}))
+                return
+            receipt = {"v": 1, "request_id": self.request_id, "ai_cid": self.ai_cid, "mrenclave": self.mrenclave,
+                       "input_sha256": hashlib.sha256(data).hexdigest(),
+                       "output_sha256": hashlib.sha256(output).hexdigest()}
+            sig = self.key.sign(tls.canonical(receipt), ec.ECDSA(hashes.SHA256()))
+            timing = {"infer_ms": infer_s * 1e3, "total_ms": (time.perf_counter() - t0) * 1e3}
+            conn.write(tls.encode_response({"status": "ok", "receipt": receipt, "signature": _b64(sig),
+                                            "timing": timing}, output))
+            ok = True
+        except (ChannelError, Failure) as exc:
+            print(f"enclave: stream {st.id}: {exc}", file=sys.stderr)
+        finally:
+            conn.close()
+            self.chan.post(("served", {"stream": st.id, "ok": ok}))
+
+    def loop(self) -> None:
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise Failure("job deadline passed")
+            try:
+                kind, item = self.chan.next_event(min(left, 1.0))
+            except ChannelError:
+                if self.chan.error:
+                    raise
+                continue  # just the 1 s tick
+            if kind == "fatal":
+                raise Failure(item)
+            if kind == "served":
+                self.active -= 1
+                self.served += 1
+                self.chan.send({"op": "served", **item})  # type: ignore[dict-item]
+                if self.served >= self.max_requests:
+                    self.chan.send({"op": "bye", "served": self.served})
+                    return
+            elif kind == "stream":
+                if item.info.get("kind") != "tls" or self.served + self.active >= self.max_requests:  # type: ignore[union-attr]
+                    item.close("refused: not a tls stream, or no requests left")  # type: ignore[union-attr]
+                    continue
+                self.active += 1
+                threading.Thread(target=self.serve, args=(item,), daemon=True).start()
+            elif item.get("op") == "shutdown":  # type: ignore[union-attr]
+                self.chan.send({"op": "bye", "served": self.served})
+                return
+            else:
+                raise Failure(f"unexpected control message {item.get('op')!r}")  # type: ignore[union-attr]
+
+    def run(self) -> None:
+        self.read_job()
+        self.attest()
+        keys = HostTestHookKeyProvider(self.chan, REPLY_TIMEOUT)
+        threading.Thread(target=self.prepare, args=(keys,), daemon=True).start()
+        self.loop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m enclave.runtime")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--quote-source", choices=("sim-host", "dev-attestation"), default="sim-host")
+    p.add_argument("--attestation-dir", default="/dev/attestation")
+    p.add_argument("--scratch", help="directory for the private working dir (default: the temp dir)")
+    args = p.parse_args(argv)
+    sys.dont_write_bytecode = True
+    try:
+        chan = Channel.connect(args.socket)
+    except OSError as exc:
+        print(f"enclave: cannot connect to {args.socket}: {exc}", file=sys.stderr)
+        return 1
+    scratch = Path(tempfile.mkdtemp(prefix="ofnode-enclave-", dir=args.scratch))
+    try:
+        Runtime(chan, scratch, args.quote_source, args.attestation_dir).run()
+        return 0
+    except (Failure, ChannelError, ManifestError, PackageError, QuoteSourceError, KeyUnavailable) as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - report anything, never hang
+        msg = f"internal error: {type(exc).__name__}: {exc}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the decrypted AI never outlives the job
+    try:
+        chan.send({"op": "error", "error": msg[:4000]})
+    except ChannelError:
+        pass
+    finally:
+        chan.shutdown()
+    print(f"enclave: {msg}", file=sys.stderr)
+    return 1
