@@ -212,13 +212,22 @@ class Node:
             self.stop()
             return {"stopping": True}
 
-        async def wait_peers(count: int = 0, peers: list[str] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        async def wait_peers(count: int = 0, peers: list[str] | None = None, timeout: float = 30.0,
+                             progress: Any = None) -> dict[str, Any]:
             if not isinstance(count, int) or count < 0 or not isinstance(timeout, (int, float)) or timeout <= 0:
                 raise RpcError(INVALID_PARAMS, "count must be an int >= 0 and timeout a number > 0")
             if peers is not None and (not isinstance(peers, list) or not all(isinstance(p, str) for p in peers)):
                 raise RpcError(INVALID_PARAMS, "peers must be a list of peer id strings")
+            want = set(peers or [])
+
+            def done() -> bool:
+                connected = set(self.p2p.connected_peers())
+                return want <= connected if want else len(connected) >= count
+
             with trio.move_on_after(min(timeout, 600)):
-                await self.p2p.wait_for_peers(count, peers)
+                while not done():
+                    await progress({"stage": "waiting", "connected": len(self.p2p.connected_peers())})
+                    await self.p2p.wait_changed()
                 return {"ok": True, "peers": self.p2p.connected_peers()}
             return {"ok": False, "peers": self.p2p.connected_peers()}
 

@@ -161,6 +161,27 @@ def test_malformed_rpc_leaves_the_daemon_serving(net5):
     assert call(n["socket"], "node.status")["peer_id"] == n["peer_id"]
 
 
+def test_metrics_endpoint(net5):
+    import urllib.request
+
+    n = net5["nodes"][3]
+    text = urllib.request.urlopen(n["metrics_url"], timeout=5).read().decode()
+    assert "ofnode_peers 4" in text
+    assert 'ofnode_rpc_calls_total{method="node.wait_peers"}' in text
+    assert "# TYPE ofnode_gossip_rejected_total counter" in text
+
+
+def test_long_calls_stream_progress(net5):
+    """node.wait_peers on a peer that never comes reports progress, then times out cleanly."""
+    from node.api.client import ApiClient
+
+    seen = []
+    with ApiClient(net5["nodes"][0]["socket"]) as c:
+        r = c.call("node.wait_peers", {"count": 99, "timeout": 0.5}, on_progress=seen.append)
+    assert r["ok"] is False and len(r["peers"]) >= 4
+    assert seen and seen[0]["stage"] == "waiting" and seen[0]["connected"] >= 4
+
+
 def test_socket_is_private(net5):
     st = os.stat(net5["nodes"][0]["socket"])
     assert st.st_mode & 0o777 == 0o600
