@@ -36,8 +36,8 @@ from enclave.quotes import layout
 from enclave.runtime import channel as ch
 
 __all__ = [
-    "Job", "Evidence", "EnclaveError", "EnclaveStream", "EnclaveSession", "ProcessLike", "Launcher",
-    "runtime_argv", "subprocess_launcher", "sim_quote_fn", "open_enclave",
+    "Job", "Evidence", "EnclaveError", "EnclaveStream", "EnclaveSession", "EnclaveHandle", "Launcher",
+    "runtime_argv", "subprocess_launcher", "backend_launcher", "sim_quote_fn", "open_enclave",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,26 +73,61 @@ class Evidence:
     timing: dict = field(default_factory=dict)
 
 
-class ProcessLike(Protocol):
-    returncode: int | None
+class EnclaveHandle(Protocol):
+    """A launched runtime: ``wait()`` until it ends (returns how), ``aclose()`` kills if needed and reaps."""
 
-    async def wait(self) -> int: ...
-    def kill(self) -> None: ...
+    async def wait(self) -> object: ...
+    async def aclose(self) -> None: ...
 
 
-#: ``launch(argv) -> process``: how the runtime is started (subprocess, or a Backend).
-Launcher = Callable[[list[str]], Awaitable[ProcessLike]]
+#: ``launch(socket_dir, socket_name, scratch_dir, quote_source) -> handle``: how the runtime is
+#: started.  The runtime must connect to ``socket_dir/socket_name`` (however it sees that path)
+#: and keep its private files under ``scratch_dir``.
+Launcher = Callable[[Path, str, Path, str], Awaitable[EnclaveHandle]]
 
 
 def runtime_argv(socket_path: str | os.PathLike[str], *, quote_source: str = "sim-host",
-                 python: str = sys.executable, scratch: str | None = None) -> list[str]:
+                 python: str = sys.executable, scratch: str | os.PathLike[str] | None = None) -> list[str]:
+    """The runtime's command line (as seen wherever it runs)."""
     argv = [python, "-m", "enclave.runtime", "--socket", str(socket_path), "--quote-source", quote_source]
-    return argv + (["--scratch", scratch] if scratch else [])
+    return argv + (["--scratch", str(scratch)] if scratch else [])
 
 
-async def subprocess_launcher(argv: list[str]) -> ProcessLike:
-    """Start the runtime as a plain child process (no sandbox): for tests and benchmarks."""
-    return await trio.lowlevel.open_process(argv, cwd=str(REPO_ROOT))
+class _Subprocess:
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    async def aclose(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        with trio.CancelScope(shield=True):
+            await self.proc.wait()
+
+
+async def subprocess_launcher(socket_dir: Path, socket_name: str, scratch_dir: Path,
+                              quote_source: str) -> EnclaveHandle:
+    """Start the runtime as a plain child process, no sandbox: for tests and benchmarks."""
+    argv = runtime_argv(socket_dir / socket_name, quote_source=quote_source, scratch=scratch_dir)
+    return _Subprocess(await trio.lowlevel.open_process(argv, cwd=str(REPO_ROOT)))
+
+
+def backend_launcher(backend, **limits) -> Launcher:
+    """A Launcher that runs the runtime through an ``enclave.backends`` Backend (e.g. sim/bubblewrap).
+
+    ``limits`` go to ``EnclaveSpec`` (memory_bytes, cpu_seconds, max_pids, threads, env).
+    """
+    from enclave.backends.base import SCRATCH_DIR, SOCKET_DIR, EnclaveSpec, runtime_code_dirs
+
+    async def launch(socket_dir: Path, socket_name: str, scratch_dir: Path, quote_source: str) -> EnclaveHandle:
+        argv = runtime_argv(f"{SOCKET_DIR}/{socket_name}", quote_source=quote_source, scratch=SCRATCH_DIR)
+        spec = EnclaveSpec(argv=argv, code_dirs=runtime_code_dirs(), socket_dir=socket_dir,
+                           scratch_dir=scratch_dir, **limits)
+        return await backend.start(spec)
+
+    return launch
 
 
 def sim_quote_fn(qe, manifest: bytes, *, debug: bool = False, **kwargs) -> QuoteFn:
@@ -170,7 +205,7 @@ class EnclaveSession:
         self._quotes = 0
         self._fetched = False
         self._nursery: trio.Nursery | None = None
-        self.process: ProcessLike | None = None
+        self.exit: object = None  # what the launcher's handle.wait() returned, once the runtime ended
 
     # ---- plumbing
     async def _write(self, data: bytes) -> None:
@@ -325,8 +360,8 @@ class EnclaveSession:
             pass
 
 
-async def _accept_or_exit(listener: trio.socket.SocketType, proc: ProcessLike, timeout: float) -> trio.SocketStream:
-    """Accept the runtime's connection; fail early if the process dies first."""
+async def _accept_or_exit(listener: trio.socket.SocketType, handle: EnclaveHandle, timeout: float) -> trio.SocketStream:
+    """Accept the runtime's connection; fail early if it ends first."""
     result: list = []
     with trio.fail_after(timeout):
         async with trio.open_nursery() as nursery:
@@ -336,8 +371,8 @@ async def _accept_or_exit(listener: trio.socket.SocketType, proc: ProcessLike, t
                 nursery.cancel_scope.cancel()
 
             async def died() -> None:
-                code = await proc.wait()
-                result.append(EnclaveError(f"enclave process exited with status {code} before connecting"))
+                how = await handle.wait()
+                result.append(EnclaveError(f"enclave ended before connecting: {how}"))
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(accept)
@@ -353,39 +388,39 @@ async def open_enclave(job: Job, *, quote_fn: QuoteFn | None, ai: AiSource | Non
                        start_timeout: float = 10.0, stop_timeout: float = 5.0) -> AsyncIterator[EnclaveSession]:
     """Launch a runtime, run its session, and yield it once the evidence is in.
 
-    On exit the runtime is asked to shut down, waited for, and killed if it
-    does not exit within ``stop_timeout``.  ``session.process.returncode``
-    is then set.
+    On exit the runtime is asked to shut down and waited for (``session.exit``
+    is what the launcher's handle reported); after ``stop_timeout`` it is
+    killed.  The socket and scratch directories are removed.
     """
     with tempfile.TemporaryDirectory(prefix="ofnode-host-") as tmp:
-        path = Path(tmp) / "enclave.sock"
+        socket_dir, scratch_dir = Path(tmp) / "sock", Path(tmp) / "scratch"
+        socket_dir.mkdir(mode=0o700)
+        scratch_dir.mkdir(mode=0o700)
         listener = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        await listener.bind(str(path))
+        await listener.bind(str(socket_dir / "enclave.sock"))
         listener.listen(1)
-        proc = await launcher(runtime_argv(path, quote_source=quote_source))
-        session: EnclaveSession | None = None
+        handle = await launcher(socket_dir, "enclave.sock", scratch_dir, quote_source)
         try:
-            transport = await _accept_or_exit(listener, proc, start_timeout)
+            transport = await _accept_or_exit(listener, handle, start_timeout)
             listener.close()
             session = EnclaveSession(transport, job, quote_fn=quote_fn, ai=ai, ai_key=ai_key)
-            session.process = proc
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(session.run)
-                try:
-                    await session.wait_evidence(start_timeout)
-                    yield session
-                finally:
-                    await session.shutdown()
-                    with trio.move_on_after(stop_timeout):
-                        await session.finished.wait()
-                        await proc.wait()
-                    nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(session.run)
+                    try:
+                        await session.wait_evidence(start_timeout)
+                        yield session
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await session.shutdown()
+                            with trio.move_on_after(stop_timeout):
+                                await session.finished.wait()
+                                session.exit = await handle.wait()
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:  # session.run never raises: unwrap the caller's own error
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
         finally:
             listener.close()
-            if proc.returncode is None:
-                with trio.move_on_after(stop_timeout):
-                    await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                with trio.CancelScope(shield=True):
-                    await proc.wait()
+            await handle.aclose()

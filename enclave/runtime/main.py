@@ -49,6 +49,7 @@ REPLY_TIMEOUT = 30.0  # quote / fetch_ai / key replies
 STREAM_TIMEOUT = 60.0  # silence on a stream
 DEFAULT_DEADLINE = 600.0  # whole job, unless the job says otherwise
 MAX_INPUT = 64 << 20
+MAX_STREAMS = 32  # concurrent TLS streams
 
 
 class Failure(Exception):
@@ -65,7 +66,7 @@ class Runtime:
         self.quote_source, self.attestation_dir = quote_source, attestation_dir
         self.ai_ready = threading.Event()
         self.run_lock = threading.Lock()
-        self.served = 0
+        self.served = self.claimed = 0
         self.active = 0
         self.runner: runners.Runner | None = None
 
@@ -161,7 +162,7 @@ class Runtime:
     # ---- 4. requests
     def serve(self, st) -> None:
         conn = tls.TlsConn(self.tls_ctx, st, STREAM_TIMEOUT)
-        ok = False
+        ok, answered = False, False  # a stream that ends before its input is not a request
         try:
             conn.handshake()
             (n,) = tls.REQ_HEADER.unpack(conn.read_exact(tls.REQ_HEADER.size))
@@ -169,6 +170,12 @@ class Runtime:
                 conn.write(tls.encode_response({"status": "error", "error": f"input over {MAX_INPUT} bytes"}))
                 return
             data = conn.read_exact(n)
+            with self.run_lock:  # claim one of the job's request slots
+                answered = self.claimed < self.max_requests
+                self.claimed += answered
+            if not answered:
+                conn.write(tls.encode_response({"status": "error", "error": "this enclave has no requests left"}))
+                return
             t0 = time.perf_counter()
             if not self.ai_ready.wait(max(0.0, self.deadline - time.monotonic())):
                 raise Failure("AI not ready before the deadline")
@@ -193,7 +200,7 @@ class Runtime:
             print(f"enclave: stream {st.id}: {exc}", file=sys.stderr)
         finally:
             conn.close()
-            self.chan.post(("served", {"stream": st.id, "ok": ok}))
+            self.chan.post(("served", {"stream": st.id, "ok": ok, "answered": answered}))
 
     def loop(self) -> None:
         while True:
@@ -210,14 +217,14 @@ class Runtime:
                 raise Failure(item)
             if kind == "served":
                 self.active -= 1
-                self.served += 1
+                self.served += item["answered"]  # type: ignore[index]
                 self.chan.send({"op": "served", **item})  # type: ignore[dict-item]
                 if self.served >= self.max_requests:
                     self.chan.send({"op": "bye", "served": self.served})
                     return
             elif kind == "stream":
-                if item.info.get("kind") != "tls" or self.served + self.active >= self.max_requests:  # type: ignore[union-attr]
-                    item.close("refused: not a tls stream, or no requests left")  # type: ignore[union-attr]
+                if item.info.get("kind") != "tls" or self.active >= MAX_STREAMS:  # type: ignore[union-attr]
+                    item.close("refused: not a tls stream, or too many at once")  # type: ignore[union-attr]
                     continue
                 self.active += 1
                 threading.Thread(target=self.serve, args=(item,), daemon=True).start()
