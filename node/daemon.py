@@ -27,6 +27,7 @@ from .metrics import Metrics, node_metrics, serve_metrics
 from .p2p.envelope import SignedMessage
 from .p2p.gossip import Gossip, Received
 from .p2p.host import P2PHost
+from .store.service import StoreService
 
 log = logging.getLogger("ofnode.node")
 
@@ -71,6 +72,8 @@ class Node:
         self.gossip = Gossip(self.p2p, self.identity, self.genesis.network_id, config["gossip"], self.metrics)
         a = config["api"]
         self.api = ApiServer(config.socket_path, self.metrics, a["max_request_bytes"], a["max_connections"])
+        self.store = StoreService(self.data_dir)
+        self.store.register(self.api)
         self.peer_info: dict[str, dict[str, Any]] = {}
         self.metrics_url = ""
         self.started = time.time()

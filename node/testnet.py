@@ -8,7 +8,6 @@ here polls: readiness and connectivity are events the daemons report.
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import os

@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or unusable input,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -163,6 +164,74 @@ def cmd_cid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call_with_progress(args: argparse.Namespace, method: str, params: dict[str, Any], timeout: float = 3600) -> Any:
+    line = output.ProgressLine(not args.json)
+    try:
+        with _client(args, timeout) as c:
+            return c.call(method, params, on_progress=line)
+    finally:
+        line.done()
+
+
+def cmd_store_add(args: argparse.Namespace) -> int:
+    r = _call_with_progress(args, "store.add", {"path": str(Path(args.file).resolve())})
+    output.emit_json(r) if args.json else print(r["cid"])
+    return 0
+
+
+def cmd_store_get(args: argparse.Namespace) -> int:
+    r = _call_with_progress(args, "store.get", {"cid": args.cid, "out": str(Path(args.output).resolve())})
+    output.emit_json(r) if args.json else output.say(f"wrote {r['size']} bytes to {r['path']}")
+    return 0
+
+
+def cmd_store_simple(args: argparse.Namespace) -> int:
+    params = {"cid": args.cid} if getattr(args, "cid", None) else {}
+    r = _call(args, f"store.{args.store_cmd}", params, timeout=3600)
+    if args.json:
+        output.emit_json(r)
+    elif args.store_cmd == "ls":
+        output.table(f"{len(r['pins'])} pin(s); {r['blocks']} blocks, {r['bytes'] / 1e6:.1f} MB",
+                     ["pinned root"], [(p,) for p in r["pins"]])
+    elif args.store_cmd == "verify":
+        print(f"{r['ok']} blocks ok, {len(r['corrupt'])} corrupt (quarantined), {len(r['stray'])} stray files")
+        for c in r["corrupt"]:
+            print(f"corrupt: {c}")
+        return 0 if r["clean"] else 1
+    elif args.store_cmd == "gc":
+        print(f"removed {r['blocks']} blocks, {r['bytes'] / 1e6:.1f} MB")
+    else:
+        print(json.dumps(r))
+    return 0
+
+
+def cmd_ai_publish(args: argparse.Namespace) -> int:
+    r = _call_with_progress(args, "ai.publish", {"dir": str(Path(args.dir).resolve())})
+    if args.json:
+        output.emit_json(r)
+    else:
+        output.say(f"published {r['name']} {r['version']} ({r['runtime']}): {r['plaintext_bytes'] / 1e6:.2f} MB "
+                   f"encrypted into {r['blocks']} blocks in {r['seconds']:.2f} s")
+        print(r["cid"])
+    return 0
+
+
+def cmd_ai_inspect(args: argparse.Namespace) -> int:
+    r = _call(args, "ai.inspect", {"cid": args.cid})
+    if args.json:
+        output.emit_json(r)
+        return 0
+    res = r["resources"]
+    output.kv(f"AI {r['cid']}", [
+        ("name", f"{r['name']} {r['version']}"), ("runtime", r["runtime"]), ("entry", r["entry"]),
+        ("description", r["description"]),
+        ("resources", f"cpu {res['cpu']}, memory {res['memory'] >> 20} MiB, enclave {res['enclave_size'] >> 20} MiB, "
+                      f"threads {res['threads']}"),
+        ("files", "\n".join(f"{k}  {v}" for k, v in r["files"].items())),
+    ])
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     s = _call(args, "node.status")
     if args.json:
@@ -304,6 +373,33 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cid", parents=[common], help="compute a file's IPFS CIDv1 offline (same as `ipfs add --cid-version 1`)")
     s.add_argument("files", nargs="+", metavar="FILE")
     s.set_defaults(fn=cmd_cid)
+    st = sub.add_parser("store", parents=[common], help="content-addressed block store").add_subparsers(
+        dest="store_cmd", metavar="COMMAND", required=True)
+    s = st.add_parser("add", parents=[common], help="add a file; prints its CID (pinned)")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_store_add)
+    s = st.add_parser("get", parents=[common], help="write the file named by CID")
+    s.add_argument("cid")
+    s.add_argument("-o", "--output", required=True, metavar="FILE")
+    s.set_defaults(fn=cmd_store_get)
+    for name, text in (("pin", "pin a DAG (all its blocks must be here)"), ("unpin", "drop a pin")):
+        s = st.add_parser(name, parents=[common], help=text)
+        s.add_argument("cid")
+        s.set_defaults(fn=cmd_store_simple)
+    for name, text in (("ls", "pinned roots and store size"), ("gc", "delete unpinned blocks"),
+                       ("verify", "re-hash every block; corrupt ones are quarantined (exit 1)")):
+        s = st.add_parser(name, parents=[common], help=text)
+        s.set_defaults(fn=cmd_store_simple)
+
+    a = sub.add_parser("ai", parents=[common], help="publish and inspect encrypted AIs").add_subparsers(
+        dest="ai_cmd", metavar="COMMAND", required=True)
+    s = a.add_parser("publish", parents=[common], help="check, pack, encrypt and store an AI directory; prints its CID")
+    s.add_argument("dir")
+    s.set_defaults(fn=cmd_ai_publish)
+    s = a.add_parser("inspect", parents=[common], help="show the public manifest of an AI")
+    s.add_argument("cid")
+    s.set_defaults(fn=cmd_ai_inspect)
+
     s = sub.add_parser("status", parents=[common], help="show the running node's status")
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("peers", parents=[common], help="list connected peers")

@@ -51,3 +51,30 @@ def err(msg: str) -> None:
 def say(msg: str) -> None:
     sys.stderr.write(f"{msg}\n")
     sys.stderr.flush()
+
+
+class ProgressLine:
+    """One self-overwriting progress line on stderr, only on a terminal."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, p: dict) -> None:
+        if not self.enabled:
+            return
+        done, total = p.get("bytes"), p.get("total")
+        text = p.get("stage", "working")
+        if done is not None:
+            text += f" {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB ({100 * done / total:.0f} %)" if total else "")
+        for k in ("blocks", "peers", "connected"):
+            if k in p:
+                text += f", {k} {p[k]}"
+        sys.stderr.write("\r\033[K" + text)
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()

@@ -39,11 +39,12 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from enclave.cid import Cid, CidError
+from enclave.cid import RAW, Cid, CidError
 from .unixfs import UnixfsError, links_of
 
 __all__ = [
@@ -121,8 +122,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
+def _write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
+
+    With ``sync=False`` the caller promises a later :func:`os.sync` (see
+    :meth:`Blockstore.batch`); until then a power loss may leave a short file,
+    which the hash check on read catches.
+    """
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -130,14 +136,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 class Blockstore:
@@ -149,6 +157,7 @@ class Blockstore:
         self.quarantine_dir = self.root / "quarantine"
         self.pins_path = self.root / _PINS_FILE
         self.lock = threading.RLock()
+        self._batch_depth = 0
         for d in (self.root, self.blocks_dir, self.quarantine_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._remove_temp_files()
@@ -202,17 +211,19 @@ class Blockstore:
             raise CorruptBlock(cid, self._quarantine(path))
         return data
 
-    def put(self, cid: Cid, data: bytes | bytearray | memoryview) -> bool:
+    def put(self, cid: Cid, data: bytes | bytearray | memoryview, *, hashed: bool = False) -> bool:
         """Store a block after checking that ``data`` hashes to ``cid``.
 
         Returns False when an intact copy was already present (nothing
-        written); a damaged copy is quarantined and replaced. Raises
+        written); a damaged copy is quarantined and replaced. ``hashed=True``
+        is for a caller that computed ``cid`` from these very bytes (the
+        importer) and skips the second hash. Raises
         :class:`BlockMismatch` for wrong data, ValueError for a block over
         :data:`MAX_BLOCK_SIZE`.
         """
         if len(data) > MAX_BLOCK_SIZE:
             raise ValueError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
-        if not cid.verify(data):
+        if not hashed and not cid.verify(data):
             raise BlockMismatch(f"data does not hash to {cid}")
         path = self._path(cid)
         with self.lock:
@@ -225,8 +236,24 @@ class Blockstore:
             if not path.parent.is_dir():
                 path.parent.mkdir(exist_ok=True)
                 _fsync_dir(self.blocks_dir)
-            _write_atomic(path, bytes(data))
+            _write_atomic(path, bytes(data), sync=self._batch_depth == 0)
         return True
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many puts, one flush: inside, blocks are written and renamed without
+        a per-block fsync; on leaving, one :func:`os.sync` makes them all
+        durable before the caller records anything (a pin) that relies on them.
+        An fsync per 256 KiB block caps writes near 190 MB/s here; one flush
+        at the end does not. Holds :attr:`lock` throughout."""
+        with self.lock:
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
+                if self._batch_depth == 0:
+                    os.sync()
 
     def delete(self, cid: Cid) -> bool:
         """Remove a block; returns whether it was there. Pins are not checked."""
@@ -333,6 +360,13 @@ class Blockstore:
             if cid in seen:
                 continue
             seen.add(cid)
+            if cid.codec == RAW:
+                # Leaves have no links: presence is enough here, and every
+                # read re-hashes anyway. Skipping the read makes pinning a
+                # fresh import cost no second pass over its bytes.
+                if not self._path(cid).is_file():
+                    raise BlockNotFound(f"block {cid} not found")
+                continue
             stack.extend(c.to_v1() for c in links_of(cid, self.get(cid)))
         return seen
 
