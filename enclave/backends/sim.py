@@ -41,6 +41,7 @@ import resource
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -230,7 +231,7 @@ def _hand_over(spec: EnclaveSpec, uid: int) -> None:
         os.chown(d, uid, gid)
         os.chmod(d, 0o750)
     for entry in os.scandir(spec.socket_dir):
-        if entry.is_socket():
+        if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
             os.chown(entry.path, uid, gid, follow_symlinks=False)
 
 
