@@ -26,7 +26,7 @@ import queue
 import socket
 import struct
 import threading
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 OPEN, DATA, CLOSE, CTRL = 1, 2, 3, 4
 KINDS = {OPEN: "OPEN", DATA: "DATA", CLOSE: "CLOSE", CTRL: "CTRL"}
@@ -38,8 +38,7 @@ class ChannelError(Exception):
     """A protocol violation or a dead channel."""
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     stream: int
     kind: int
     payload: bytes
@@ -116,15 +115,11 @@ class FrameParser:
             raise ChannelError(f"channel closed inside a frame ({len(self._buf)} bytes left)")
 
 
-@dataclass
 class Stream:
-    """One host-opened stream as the runtime sees it: incoming bytes in a queue."""
+    """One host-opened stream as the runtime sees it: incoming chunks in a queue, None at CLOSE."""
 
-    id: int
-    info: dict
-    chan: "Channel"
-
-    def __post_init__(self) -> None:
+    def __init__(self, sid: int, info: dict, chan: "Channel") -> None:
+        self.id, self.info, self.chan = sid, info, chan
         self.inbox: queue.Queue[bytes | None] = queue.Queue()
         self.closed_reason: str | None = None  # set when the host CLOSEd it with a reason
         self.closed = False
@@ -146,7 +141,8 @@ class Stream:
     def close(self, reason: str = "") -> None:
         if not self.closed:
             self.closed = True
-            self.chan.drop(self.id)
+            with self.chan.lock:
+                self.chan.streams.pop(self.id, None)
             self.chan.send_raw(encode(self.id, CLOSE, reason.encode()[:MAX_PAYLOAD]))
 
 
@@ -155,20 +151,20 @@ class Channel:
 
     Control messages that answer a :meth:`request` (they carry ``"re": id``)
     go to that caller; streams opened for a request (``"re"`` in the OPEN
-    info) likewise; everything else lands in :meth:`next_event`.
+    info) likewise; everything else lands in :meth:`next_event`, as
+    ``("ctrl", msg)`` or ``("stream", Stream)``, along with what worker
+    threads :meth:`post`.  Once the channel is dead every wait raises.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.error: str | None = None
-        self._wlock = threading.Lock()
-        self._lock = threading.Lock()
-        self._events: queue.Queue[tuple[str, object] | None] = queue.Queue()
+        self.lock, self._wlock = threading.Lock(), threading.Lock()
+        self._events: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._waiters: dict[int, queue.Queue] = {}
-        self._streams: dict[int, Stream] = {}
+        self.streams: dict[int, Stream] = {}
         self._last_open = 0
         self._next_id = 1
-        self._reader = threading.Thread(target=self._read_loop, name="channel-reader", daemon=True)
 
     @classmethod
     def connect(cls, path: str, timeout: float = 10.0) -> "Channel":
@@ -177,10 +173,9 @@ class Channel:
         sock.connect(path)
         sock.settimeout(None)
         chan = cls(sock)
-        chan._reader.start()
+        threading.Thread(target=chan._read_loop, name="channel-reader", daemon=True).start()
         return chan
 
-    # -- sending
     def send_raw(self, data: bytes) -> None:
         try:
             with self._wlock:
@@ -191,30 +186,30 @@ class Channel:
     def send(self, msg: dict) -> None:
         self.send_raw(encode_ctrl(msg))
 
-    def request(self, msg: dict, timeout: float) -> tuple[str, object]:
+    def post(self, item: tuple[str, Any]) -> None:
+        self._events.put(item)
+
+    def request(self, msg: dict, timeout: float) -> tuple[str, Any]:
         """Send ``msg`` with a fresh ``id``; wait for ("ctrl", reply) or ("stream", Stream)."""
-        with self._lock:
-            rid = self._next_id
-            self._next_id += 1
-            box: queue.Queue = queue.Queue()
+        box: queue.Queue = queue.Queue()
+        with self.lock:
+            rid, self._next_id = self._next_id, self._next_id + 1
             self._waiters[rid] = box
         try:
             self.send({**msg, "id": rid})
-            try:
-                item = box.get(timeout=timeout)
-            except queue.Empty:
-                raise ChannelError(f"no answer to {msg['op']!r} within {timeout:g}s") from None
+            item = box.get(timeout=timeout)
+        except queue.Empty:
+            raise ChannelError(f"no answer to {msg['op']!r} within {timeout:g}s") from None
         finally:
-            with self._lock:
+            with self.lock:
                 self._waiters.pop(rid, None)
         if item is None:
             raise ChannelError(self.error or "channel closed")
-        if item[0] == "ctrl" and item[1].get("op") == "error":  # type: ignore[union-attr]
-            raise ChannelError(f"host refused {msg['op']!r}: {item[1].get('error')}")  # type: ignore[union-attr]
+        if item[0] == "ctrl" and item[1]["op"] == "error":
+            raise ChannelError(f"host refused {msg['op']!r}: {item[1].get('error')}")
         return item
 
-    def next_event(self, timeout: float) -> tuple[str, object]:
-        """("ctrl", msg) or ("stream", Stream) not claimed by a request; ChannelError when dead."""
+    def next_event(self, timeout: float) -> tuple[str, Any]:
         try:
             item = self._events.get(timeout=timeout)
         except queue.Empty:
@@ -224,32 +219,16 @@ class Channel:
             raise ChannelError(self.error or "channel closed")
         return item
 
-    def post(self, item: tuple[str, object]) -> None:
-        """Queue an internal event for :meth:`next_event` (worker threads report this way)."""
-        self._events.put(item)
-
-    def drop(self, sid: int) -> None:
-        with self._lock:
-            self._streams.pop(sid, None)
-
-    def shutdown(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-    # -- receiving (reader thread)
-    def _route(self, rid: object, item: tuple[str, object]) -> None:
-        with self._lock:
+    # -- the reader thread
+    def _route(self, rid: object, item: tuple[str, Any]) -> None:
+        with self.lock:
             box = self._waiters.get(rid) if isinstance(rid, int) else None
         (box or self._events).put(item)
 
     def _handle(self, f: Frame) -> None:
         if f.kind == CTRL:
             msg = decode_ctrl(f.payload)
-            self._route(msg.get("re"), ("ctrl", msg))
-            return
+            return self._route(msg.get("re"), ("ctrl", msg))
         if f.kind == OPEN:
             if f.stream <= self._last_open:
                 raise ChannelError(f"OPEN of stream {f.stream}: ids must increase (last {self._last_open})")
@@ -258,50 +237,35 @@ class Channel:
                 raise ChannelError(f"OPEN of stream {f.stream}: payload must be a JSON object with kind tls|ai")
             self._last_open = f.stream
             st = Stream(f.stream, info, self)
-            with self._lock:
-                self._streams[f.stream] = st
-            self._route(info.get("re"), ("stream", st))
-            return
+            with self.lock:
+                self.streams[f.stream] = st
+            return self._route(info.get("re"), ("stream", st))
         if f.stream > self._last_open:
             raise ChannelError(f"{KINDS[f.kind]} frame for stream {f.stream}, which was never opened")
-        with self._lock:
-            st = self._streams.get(f.stream)
-            if st is not None and f.kind == CLOSE:
-                del self._streams[f.stream]
+        with self.lock:
+            st = self.streams.pop(f.stream, None) if f.kind == CLOSE else self.streams.get(f.stream)
         if st is None:
             return  # closed already; the frame was in flight
-        if f.kind == DATA:
-            st.inbox.put(f.payload)
-        else:
-            st.closed = True
-            st.closed_reason = f.payload.decode("utf-8", "replace") or None
-            st.inbox.put(None)
+        if f.kind == CLOSE:
+            st.closed, st.closed_reason = True, f.payload.decode("utf-8", "replace") or None
+        st.inbox.put(f.payload if f.kind == DATA else None)
 
     def _read_loop(self) -> None:
         parser = FrameParser()
         try:
-            while True:
-                data = self.sock.recv(256 * 1024)
-                if not data:
-                    parser.eof()
-                    raise ChannelError("host closed the channel")
+            while data := self.sock.recv(256 * 1024):
                 for frame in parser.feed(data):
                     self._handle(frame)
+            parser.eof()
+            self.error = "channel: host closed the channel"
         except (ChannelError, OSError) as exc:
             self.error = f"channel: {exc}"
-            if isinstance(exc, ChannelError) and "host closed" not in str(exc):
-                try:  # best effort: tell the host why we hang up
-                    self.send({"op": "error", "error": self.error})
-                except ChannelError:
-                    pass
-            self._fail_all()
-
-    def _fail_all(self) -> None:
-        with self._lock:
-            waiters, streams = list(self._waiters.values()), list(self._streams.values())
-            self._streams.clear()
-        for box in waiters:
-            box.put(None)
-        for st in streams:
-            st.inbox.put(None)
-        self._events.put(None)
+            try:  # best effort: tell the host why we hang up
+                self.send({"op": "error", "error": self.error})
+            except ChannelError:
+                pass
+        with self.lock:
+            waiters, streams = list(self._waiters.values()), list(self.streams.values())
+            self.streams.clear()
+        for q in (*waiters, *(st.inbox for st in streams), self._events):
+            q.put(None)

@@ -73,9 +73,9 @@ class Runtime:
     # ---- 1. the job
     def read_job(self) -> None:
         kind, msg = self.chan.next_event(JOB_TIMEOUT)
-        if kind != "ctrl" or msg.get("op") != "job":  # type: ignore[union-attr]
+        if kind != "ctrl" or msg.get("op") != "job":
             raise Failure(f"expected a job first, got {kind} {msg!r}"[:300])
-        job: dict = msg  # type: ignore[assignment]
+        job: dict = msg
         try:
             self.request_id = str(job["request_id"])
             self.nonce = bytes.fromhex(job["nonce"])
@@ -98,7 +98,7 @@ class Runtime:
             return DevAttestationQuoteSource(self.attestation_dir).get_quote(report_data)
         _, reply = self.chan.request({"op": "quote", "report_data": report_data.hex()}, REPLY_TIMEOUT)
         try:
-            quote = base64.b64decode(reply["quote"], validate=True)  # type: ignore[index]
+            quote = base64.b64decode(reply["quote"], validate=True)
             if layout.parse(quote).report_data != report_data:
                 raise Failure("host returned a quote over other report data")
         except (KeyError, TypeError, ValueError, layout.QuoteFormatError) as exc:
@@ -128,16 +128,16 @@ class Runtime:
 
     def _prepare(self, keys: KeyProvider) -> None:
         kind, st = self.chan.request({"op": "fetch_ai"}, REPLY_TIMEOUT)
-        if kind != "stream" or st.info.get("kind") != "ai":  # type: ignore[union-attr]
+        if kind != "stream" or st.info.get("kind") != "ai":
             raise Failure("host answered fetch_ai without an ai stream")
         pkg = self.scratch / "ai.pkg"
 
         def chunks():
-            while (chunk := st.recv(STREAM_TIMEOUT)) is not None:  # type: ignore[union-attr]
+            while (chunk := st.recv(STREAM_TIMEOUT)) is not None:
                 f.write(chunk)
                 yield chunk
-            if st.closed_reason:  # type: ignore[union-attr]
-                raise Failure(f"host could not supply the AI: {st.closed_reason}")  # type: ignore[union-attr]
+            if st.closed_reason:
+                raise Failure(f"host could not supply the AI: {st.closed_reason}")
 
         with open(pkg, "wb") as f:
             cid = cid_of_chunks(chunks())
@@ -181,7 +181,7 @@ class Runtime:
                 raise Failure("AI not ready before the deadline")
             try:
                 with self.run_lock:
-                    output, infer_s = self.runner(data)  # type: ignore[misc]
+                    output, infer_s = self.runner(data)
             except runners.BadRequest as exc:
                 conn.write(tls.encode_response({"status": "error", "error": f"bad request: {exc}"}))
                 return
@@ -217,22 +217,22 @@ class Runtime:
                 raise Failure(item)
             if kind == "served":
                 self.active -= 1
-                self.served += item["answered"]  # type: ignore[index]
-                self.chan.send({"op": "served", **item})  # type: ignore[dict-item]
+                self.served += item["answered"]
+                self.chan.send({"op": "served", **item})
                 if self.served >= self.max_requests:
                     self.chan.send({"op": "bye", "served": self.served})
                     return
             elif kind == "stream":
-                if item.info.get("kind") != "tls" or self.active >= MAX_STREAMS:  # type: ignore[union-attr]
-                    item.close("refused: not a tls stream, or too many at once")  # type: ignore[union-attr]
+                if item.info.get("kind") != "tls" or self.active >= MAX_STREAMS:
+                    item.close("refused: not a tls stream, or too many at once")
                     continue
                 self.active += 1
                 threading.Thread(target=self.serve, args=(item,), daemon=True).start()
-            elif item.get("op") == "shutdown":  # type: ignore[union-attr]
+            elif item.get("op") == "shutdown":
                 self.chan.send({"op": "bye", "served": self.served})
                 return
             else:
-                raise Failure(f"unexpected control message {item.get('op')!r}")  # type: ignore[union-attr]
+                raise Failure(f"unexpected control message {item.get('op')!r}")
 
     def run(self) -> None:
         self.read_job()
@@ -269,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         chan.send({"op": "error", "error": msg[:4000]})
     except ChannelError:
         pass
-    finally:
-        chan.shutdown()
+    chan.sock.close()
     print(f"enclave: {msg}", file=sys.stderr)
     return 1
