@@ -235,26 +235,28 @@ class EnclaveSession:
 
     # ---- public
     async def run(self) -> None:
-        """Send the job and serve the runtime until it exits or the channel breaks."""
+        """Send the job and serve the runtime until it exits or the channel breaks.  Never raises."""
         parser = ch.FrameParser()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+        reason: str | None = None
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
                 await self._ctrl(self.job.message())
-                while True:
-                    data = await self.transport.receive_some(256 * 1024)
-                    if not data:
-                        parser.eof()
-                        break
+                while data := await self.transport.receive_some(256 * 1024):
                     for frame in parser.feed(data):
                         await self._handle(frame)
-                nursery.cancel_scope.cancel()
-            self._fail(None if self.finished.is_set() else "enclave closed the channel without saying bye")
-        except ch.ChannelError as exc:
-            self._fail(f"protocol error from the enclave: {exc}")
-            await self.transport.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(f"channel broke: {exc!r}")
+                parser.eof()
+                if not self.finished.is_set():
+                    reason = "enclave closed the channel without saying bye"
+            except ch.ChannelError as exc:
+                reason = f"protocol error from the enclave: {exc}"
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                reason = f"channel broke: {exc!r}"
+            nursery.cancel_scope.cancel()
+        self._fail(reason)
+        if reason:
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose()
 
     async def wait_evidence(self, timeout: float | None = 10.0) -> Evidence:
         await self._wait(self.got_evidence, "no evidence", timeout)
