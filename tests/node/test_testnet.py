@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -173,7 +172,6 @@ def test_metrics_endpoint(net5):
 
 def test_long_calls_stream_progress(net5):
     """node.wait_peers on a peer that never comes reports progress, then times out cleanly."""
-    from node.api.client import ApiClient
 
     seen = []
     with ApiClient(net5["nodes"][0]["socket"]) as c:
