@@ -232,3 +232,22 @@ async def test_pyopenssl_verify_callback(qe, digits, verify_kwargs) -> None:
         (hlen,) = wire.RESP_HEADER.unpack(buf[:4])
         header = json.loads(buf[4 : 4 + hlen])
         assert header["status"] == "ok" and json.loads(buf[4 + hlen :])["label"] == 3
+
+
+async def test_digits_in_the_sim_sandbox(qe, digits, verify_kwargs) -> None:
+    """The same flow with the runtime launched by the sim backend (bubblewrap), as a provider does."""
+    from enclave.backends.sim import SimBackend
+    from tests.parts import require_part
+
+    backend = SimBackend()
+    require_part("sim backend (bubblewrap)", backend.available().ok, backend.available().reason)
+    job = make_job(digits)
+    data = SAMPLES[7].read_bytes()
+    async with host.open_enclave(job, quote_fn=host.sim_quote_fn(qe, digits.manifest.encode()),
+                                 ai=digits.ciphertext, ai_key=digits.key,
+                                 launcher=host.backend_launcher(backend, cpu_seconds=60)) as enclave:
+        ev, resp = await consumer(enclave, job, verify_kwargs, data, mrenclave=digits.mrenclave)
+    assert json.loads(resp.output)["label"] == 7
+    rv.verify_receipt(resp, ev, data, request_id=job.request_id)
+    assert enclave.exit.reason == "ok", enclave.exit
+    assert "telemetry" not in enclave.exit.stderr_tail
