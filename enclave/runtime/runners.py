@@ -40,7 +40,7 @@ def _onnx(m: AiManifest, root: Path) -> Runner:
     spec = m.io.onnx
     assert spec is not None  # the manifest parser requires [io.onnx] for onnx
     ort.disable_telemetry_events()  # nothing about the AI leaves the enclave, not even usage events
-    ort.set_default_logger_severity(3)  # errors only: no noise about telemetry IDs it cannot persist
+    ort.set_default_logger_severity(3)  # errors only
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = m.resources.cpu
     sess = ort.InferenceSession(str(root / m.entry), sess_options=opts, providers=["CPUExecutionProvider"])
