@@ -45,6 +45,7 @@ def _onnx(m: AiManifest, root: Path) -> Runner:
     opts.intra_op_num_threads = m.resources.cpu
     sess = ort.InferenceSession(str(root / m.entry), sess_options=opts, providers=["CPUExecutionProvider"])
     names = list(spec.outputs.values())
+    sess.run(names, {spec.input_name: np.zeros((1, *spec.input_shape), spec.input_dtype)})  # warm up
 
     def run(request: bytes) -> tuple[bytes, float]:
         try:
