@@ -87,10 +87,12 @@ Launcher = Callable[[Path, str, Path, str], Awaitable[EnclaveHandle]]
 
 
 def runtime_argv(socket_path: str | os.PathLike[str], *, quote_source: str = "sim-host",
-                 python: str = sys.executable, scratch: str | os.PathLike[str] | None = None) -> list[str]:
+                 python: str = sys.executable, scratch: str | os.PathLike[str] | None = None,
+                 attestation_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """The runtime's command line (as seen wherever it runs)."""
     argv = [python, "-m", "enclave.runtime", "--socket", str(socket_path), "--quote-source", quote_source]
-    return argv + (["--scratch", str(scratch)] if scratch else [])
+    argv += ["--scratch", str(scratch)] if scratch else []
+    return argv + (["--attestation-dir", str(attestation_dir)] if attestation_dir else [])
 
 
 class _Subprocess:

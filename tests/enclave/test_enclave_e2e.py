@@ -250,3 +250,40 @@ async def test_digits_in_the_sim_sandbox(qe, digits, verify_kwargs) -> None:
     assert json.loads(resp.output)["label"] == 7
     rv.verify_receipt(resp, ev, data, request_id=job.request_id)
     assert enclave.exit.reason == "ok", enclave.exit
+
+
+async def test_dev_attestation_quote_source(qe, digits, verify_kwargs, tmp_path) -> None:
+    """``--quote-source dev-attestation``: quotes through Gramine's file protocol (a FIFO stand-in)."""
+    import os
+    import threading
+    import time
+
+    d = tmp_path / "attestation"
+    d.mkdir()
+    (d / "attestation_type").write_text("dcap")
+    (d / "user_report_data").write_bytes(b"")
+    os.mkfifo(d / "quote")
+
+    def responder() -> None:  # plays Gramine: quote whatever was last written to user_report_data
+        last = b""
+        for _ in range(2):  # the runtime asks for two quotes (legacy + DICE)
+            while len(rd := (d / "user_report_data").read_bytes()) != 64 or rd == last:
+                time.sleep(0.001)  # a FIFO reader sees EOF only once no writer is left: one at a time
+            last = rd
+            with open(d / "quote", "wb") as out:
+                out.write(qe.quote(digits.mrenclave, rd))
+
+    threading.Thread(target=responder, daemon=True).start()
+
+    async def launcher(socket_dir, name, scratch, quote_source):
+        argv = host.runtime_argv(socket_dir / name, quote_source="dev-attestation", scratch=scratch,
+                                 attestation_dir=d)
+        return host._Subprocess(await trio.lowlevel.open_process(argv, cwd=str(EXAMPLES.parent)))
+
+    job = make_job(digits)
+    data = SAMPLES[5].read_bytes()
+    async with host.open_enclave(job, quote_fn=None, ai=digits.ciphertext, ai_key=digits.key,
+                                 launcher=launcher) as enclave:
+        ev, resp = await consumer(enclave, job, verify_kwargs, data, mrenclave=digits.mrenclave)
+    assert json.loads(resp.output)["label"] == 5
+    rv.verify_receipt(resp, ev, data)
