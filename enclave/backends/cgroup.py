@@ -19,14 +19,22 @@ hierarchy is read-only or the node is not root, ``create()`` raises
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CgroupUnavailable", "EnclaveCgroup", "probe"]
+__all__ = ["CgroupUnavailable", "EnclaveCgroup", "name_for", "probe", "sweep_stale"]
 
 _V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+# ofnode-<node pid>-<n>: the node's pid lets a later node find what a crashed one left.
+_NAME = re.compile(r"^ofnode-(?:probe-)?(\d+)(?:-\d+)?$")
+
+
+def name_for(n: int) -> str:
+    """The cgroup name of this node process's ``n``-th enclave."""
+    return f"ofnode-{os.getpid()}-{n}"
 
 
 class CgroupUnavailable(RuntimeError):
@@ -264,6 +272,45 @@ def _try_write(path: Path, value: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _parents() -> list[Path]:
+    """The directories enclave cgroups are made in, for every hierarchy in use."""
+    v1, v2 = _mounts()
+    own = _own_paths()
+    out = [_under(mnt, root, own.get(ctrl, "/")) for ctrl, (mnt, root) in v1.items()]
+    if v2 is not None:
+        out.append(_under(v2[0], v2[1], own.get("", "/")))
+    return sorted(set(out))
+
+
+def sweep_stale() -> int:
+    """Kill and remove enclave cgroups left by node processes that no longer exist.
+
+    Catches sandboxes orphaned by a node that died in the few milliseconds
+    before bwrap armed its parent-death signal. Returns how many were removed.
+    """
+    if os.geteuid() != 0:
+        return 0
+    removed = 0
+    try:
+        parents = _parents()
+    except OSError:
+        return 0
+    for parent in parents:
+        try:
+            names = [e.name for e in os.scandir(parent) if e.is_dir()]
+        except OSError:
+            continue
+        for name in names:
+            m = _NAME.match(name)
+            if m is None or int(m.group(1)) == os.getpid() or os.path.exists(f"/proc/{m.group(1)}"):
+                continue
+            d = parent / name
+            cg = EnclaveCgroup(2 if (d / "cgroup.controllers").exists() else 1, {"memory": d})
+            cg.kill_all()
+            removed += cg.remove(timeout=0.5)
+    return removed
 
 
 def probe() -> str:

@@ -111,10 +111,22 @@ class LocalEnclaveProcess(EnclaveProcess):
         self._reader = _TailReader(stderr_fd)
         self._classify = classify
         self._on_kill = on_kill
+        self._extra_pidfds: list[int] = []
         self._on_exit = on_exit
         self._killed = False
         self._info: ExitInfo | None = None
         self._lock = trio.Lock()
+
+    def also_kill(self, pid: int) -> None:
+        """Kill ``pid`` too on ``send_kill`` (a descendant, e.g. a sandbox's pid 1).
+
+        Held as a pidfd, so a later kill can never hit a recycled pid. Call it
+        while ``pid`` is known to be alive.
+        """
+        try:
+            self._extra_pidfds.append(os.pidfd_open(pid))
+        except OSError:
+            pass
 
     @property
     def pid(self) -> int:
@@ -132,6 +144,9 @@ class LocalEnclaveProcess(EnclaveProcess):
                 self._popen.returncode = os.waitstatus_to_exitcode(status)
                 trio.lowlevel.notify_closing(self._pidfd)
                 os.close(self._pidfd)
+                for fd in self._extra_pidfds:
+                    os.close(fd)
+                self._extra_pidfds.clear()
                 # EOF comes as soon as the sandbox's last process is gone; the
                 # bound only guards against a descendant that kept the pipe.
                 await trio.to_thread.run_sync(self._reader.join, 2.0)
@@ -161,4 +176,9 @@ class LocalEnclaveProcess(EnclaveProcess):
             os.kill(self._pid, signal.SIGKILL)  # not reaped yet, so the pid is still ours
         except ProcessLookupError:
             pass
+        for fd in self._extra_pidfds:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass
         self._on_kill()

@@ -45,6 +45,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import trio
+
 from enclave.backends import cgroup as cgroups
 from enclave.backends import seccomp
 from enclave.backends.base import (
@@ -120,6 +122,7 @@ class SimBackend(Backend):
         self._uids_in_use: set[int] = set()
         self._counter = 0
         self._availability: Availability | None = None
+        self._swept = False
 
     # -- availability --------------------------------------------------------
 
@@ -148,16 +151,28 @@ class SimBackend(Backend):
     # -- start ---------------------------------------------------------------
 
     async def start(self, spec: EnclaveSpec) -> EnclaveProcess:
+        """Start the sandbox; return once the command runs and ``--die-with-parent`` is armed.
+
+        bwrap arms PR_SET_PDEATHSIG in steps: the monitor right before it
+        writes ``--info-fd``, the sandbox's pid 1 only after the mounts are
+        set up, just after it forks the command. A node killed in between
+        would leave the sandbox running (observed with a start() that did
+        not wait), so start() waits for the info and then for the command
+        to be exec'd. A node that dies *during* start() can still orphan a
+        sandbox; with cgroups, the next node's first start() sweeps it.
+        """
         avail = self.available()
         if not avail.ok:
             raise BackendUnavailable(avail.reason)
         bwrap = self.bwrap_path()
         assert bwrap
         _check_dirs(spec)
-        root = _is_root()
-        uid = self._allocate_uid() if root else None
+        if self.use_cgroups and not self._swept:
+            self._swept = True
+            cgroups.sweep_stale()
+        uid = self._allocate_uid() if _is_root() else None
         cg: cgroups.EnclaveCgroup | None = None
-        seccomp_fd = -1
+        seccomp_fd = info_r = info_w = -1
         try:
             if uid is not None:
                 _hand_over(spec, uid)
@@ -165,7 +180,7 @@ class SimBackend(Backend):
             if self.use_cgroups:
                 try:
                     cg = cgroups.EnclaveCgroup.create(
-                        f"ofnode-{os.getpid()}-{self._counter}",
+                        cgroups.name_for(self._counter),
                         spec.memory_bytes, spec.max_pids + 2, spec.threads)  # +2: bwrap's monitor and init
                 except cgroups.CgroupUnavailable:
                     cg = None
@@ -173,18 +188,22 @@ class SimBackend(Backend):
                 seccomp_fd = os.memfd_create("ofnode-seccomp", os.MFD_CLOEXEC)
                 os.write(seccomp_fd, seccomp.filter_bpf())
                 os.lseek(seccomp_fd, 0, os.SEEK_SET)
-            argv = build_command(bwrap, spec, uid=uid, cgroup=cg, seccomp_fd=seccomp_fd)
+            info_r, info_w = os.pipe()
+            argv = build_command(bwrap, spec, uid=uid, cgroup=cg, seccomp_fd=seccomp_fd, info_fd=info_w)
             popen, stderr_fd = spawn(argv, env={"PATH": "/usr/bin:/bin"},
-                                     pass_fds=(seccomp_fd,) if seccomp_fd >= 0 else ())
+                                     pass_fds=tuple(fd for fd in (seccomp_fd, info_w) if fd >= 0))
         except BaseException:
             if cg is not None:
                 cg.remove()
             if uid is not None:
                 self._uids_in_use.discard(uid)
+            if info_r >= 0:
+                os.close(info_r)
             raise
         finally:
-            if seccomp_fd >= 0:
-                os.close(seccomp_fd)
+            for fd in (seccomp_fd, info_w):
+                if fd >= 0:
+                    os.close(fd)
 
         def on_exit() -> None:
             if cg is not None:
@@ -193,12 +212,26 @@ class SimBackend(Backend):
             if uid is not None:
                 self._uids_in_use.discard(uid)
 
-        return LocalEnclaveProcess(
+        proc = LocalEnclaveProcess(
             popen, stderr_fd,
             classify=functools.partial(_classify, spec=spec, cg=cg),
             on_kill=cg.kill_all if cg is not None else (lambda: None),
             on_exit=on_exit,
         )
+        try:
+            info = await _read_all(info_r, timeout=30)
+            child = re.search(rb'"child-pid"\s*:\s*(\d+)', info)
+            if child is None:  # sh or bwrap failed before the sandbox existed
+                exit_info = await proc.wait()
+                raise BackendError(f"sandbox setup failed: {exit_info.stderr_tail.strip() or exit_info}")
+            # The sandbox's pid 1: killing it tears down the whole pid namespace even
+            # in the instant before its own parent-death signal is armed.
+            proc.also_kill(int(child.group(1)))
+            await _until_command_runs(int(child.group(1)), timeout=30)
+        except BaseException:
+            await proc.aclose()
+            raise
+        return proc
 
     def _allocate_uid(self) -> int:
         while True:
@@ -269,8 +302,39 @@ def _tasks_of(uid: int) -> int:
     return n
 
 
+async def _read_all(fd: int, timeout: float) -> bytes:
+    """Read a pipe to EOF without blocking the event loop; closes ``fd``."""
+    chunks = []
+    async with trio.lowlevel.FdStream(fd) as stream:
+        with trio.fail_after(timeout):
+            while chunk := await stream.receive_some(4096):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _until_command_runs(init_pid: int, timeout: float) -> None:
+    """Poll until the sandbox's pid 1 has a child that is no longer bwrap (exec'd).
+
+    Returns early if pid 1 is gone (setup failed: ``wait()`` will say why).
+    """
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                kids = Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()
+            except OSError:
+                return
+            for kid in kids:
+                try:
+                    comm = Path(f"/proc/{kid}/comm").read_text().strip()
+                except OSError:
+                    continue
+                if comm != "bwrap":
+                    return
+            await trio.sleep(0.001)
+
+
 def build_command(bwrap: str, spec: EnclaveSpec, *, uid: int | None,
-                  cgroup: cgroups.EnclaveCgroup | None, seccomp_fd: int = -1) -> list[str]:
+                  cgroup: cgroups.EnclaveCgroup | None, seccomp_fd: int = -1, info_fd: int = -1) -> list[str]:
     """The full argv: ``sh -c 'join cgroup; ulimit ...; exec "$@"' sh bwrap ... -- command``."""
     pre = [f"echo $$ > {shlex.quote(f)}" for f in (cgroup.procs_files() if cgroup else [])]
     pre += _rlimits(spec, uid=uid, cgroup=cgroup)
@@ -316,6 +380,8 @@ def build_command(bwrap: str, spec: EnclaveSpec, *, uid: int | None,
     b += ["--chdir", SCRATCH_DIR]
     if seccomp_fd >= 0:
         b += ["--seccomp", str(seccomp_fd)]
+    if info_fd >= 0:
+        b += ["--info-fd", str(info_fd)]
     b.append("--")
     if uid is not None:
         b += ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",

@@ -1,0 +1,109 @@
+"""Limits: memory -> "oom", CPU time -> "cpu_time", fork bombs stopped; the node unharmed.
+
+Each runs twice: with the default backend (a cgroup where the host allows,
+which on this project's machines it does) and with the rlimit-only fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+import pytest
+import trio
+
+from .conftest import ROOT, Box, procs_with
+
+BACKENDS = ["sim", "sim_plain"]
+
+EAT_MEMORY = """
+chunks = []
+while True:
+    chunks.append(b"x" * (8 << 20))   # touched pages: resident, not just reserved
+"""
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+async def test_memory_limit_is_oom(which, request, box: Box) -> None:
+    """(e) Allocating past memory_bytes ends the enclave with reason "oom"; the node goes on."""
+    backend = request.getfixturevalue(which)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    info = await box.run(backend, EAT_MEMORY, memory_bytes=128 << 20)
+    assert info.reason == "oom", info
+    if "limits: cgroup v" in backend.available().reason:
+        assert info.signal == signal.SIGKILL  # the kernel's OOM killer, inside the enclave's cgroup
+    # the node (this process) did not grow and still works
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10
+    again = await box.run(backend, "print('still fine')")
+    assert again.reason == "ok"
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+async def test_cpu_time_limit(which, request, box: Box) -> None:
+    """(f) Spinning past cpu_seconds ends it with SIGXCPU, reason "cpu_time"."""
+    backend = request.getfixturevalue(which)
+    info = await box.run(backend, "while True: pass", cpu_seconds=1)
+    assert info.reason == "cpu_time", info
+    assert info.signal == signal.SIGXCPU
+
+
+async def test_cpu_time_limit_when_sigxcpu_ignored(sim, box: Box) -> None:
+    """(f) An AI that ignores SIGXCPU is SIGKILLed at the hard limit one second later: still "cpu_time"."""
+    info = await box.run(sim, "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass",
+                         cpu_seconds=1)
+    assert info.reason == "cpu_time", info
+    assert info.signal == signal.SIGKILL
+
+
+FORK_COUNT = """
+import os, time
+n = 0
+try:
+    for _ in range(500):
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print("stopped", n, e.errno)
+    raise SystemExit(3)
+print("not stopped", n)
+"""
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+async def test_fork_limit(which, request, box: Box) -> None:
+    """(g) fork fails (EAGAIN) once max_pids tasks exist; the sleeping children die with the enclave."""
+    if which == "sim_plain" and not ROOT:
+        pytest.skip("RLIMIT_NPROC is per host uid: exact only with a sandbox uid of its own (node as root)")
+    backend = request.getfixturevalue(which)
+    token = os.urandom(6).hex()
+    info = await box.run(backend, FORK_COUNT + f"# {token}", max_pids=16)
+    assert info.code == 3, info
+    stopped = info.stderr_tail.split("stopped", 1)[1].split()
+    assert int(stopped[0]) < 16 and int(stopped[1]) == 11  # EAGAIN
+    assert procs_with(token) == []
+
+
+async def test_fork_bomb_contained_and_killed(sim, box: Box) -> None:
+    """(g) A real fork bomb stays under the pid limit and is gone after the context exits."""
+    token = os.urandom(6).hex()
+    spec = box.spec(f"""
+import os
+while True:
+    try:
+        os.fork()
+    except OSError:
+        pass
+# {token}
+""", max_pids=24)
+    peak = 0
+    with trio.fail_after(30):
+        async with await sim.start(spec) as proc:
+            for _ in range(20):
+                await trio.sleep(0.05)
+                peak = max(peak, len(procs_with(token)))
+            assert proc.exit_info is None  # still spinning: contained, not crashed
+    assert 2 <= peak <= 24 + 2, peak  # +2: bwrap's monitor and init share the cmdline token
+    assert procs_with(token) == []
