@@ -51,10 +51,11 @@ class HostTestHookKeyProvider(KeyProvider):
 
     def get_key(self, ctx: KeyContext) -> bytearray:
         kind, reply = self.chan.request({"op": "key_request", "ai_cid": ctx.ai_cid}, self.timeout)
-        key_hex = reply.get("key") if kind == "ctrl" and reply.get("op") == "ai_key" else None  # type: ignore[union-attr]
         try:
-            key = bytearray.fromhex(key_hex)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+            if kind != "ctrl" or reply["op"] != "ai_key":
+                raise ValueError
+            key = bytearray.fromhex(reply["key"])
+        except (KeyError, TypeError, ValueError):
             raise KeyUnavailable("host test hook: reply is not {op: ai_key, key: hex}") from None
         if len(key) != KEY_SIZE:
             raise KeyUnavailable(f"host test hook: key is {len(key)} bytes, not {KEY_SIZE}")
