@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from enclave import host, measure  # noqa: E402
 from enclave import ratls_verify as rv  # noqa: E402
 from enclave.ai_manifest import load_manifest  # noqa: E402
+from enclave import ai_object
 from enclave.package import new_key, seal_dir  # noqa: E402
 from enclave.quotes.sim_pki import SimPki  # noqa: E402
 from enclave.quotes.sim_qe import SimQuotingEnclave  # noqa: E402
@@ -62,7 +63,7 @@ class Setup:
         self.key = new_key()
         buf = io.BytesIO()
         seal_dir(DIGITS, buf, self.key)
-        self.ct = buf.getvalue()
+        self.ct = ai_object.header((DIGITS / "ai.toml").read_bytes()) + buf.getvalue()
         self.cid = cid_of_chunks([self.ct])
         self.manifest = (DIGITS / "ai.toml").read_text()
         self.mrenclave = measure.mrenclave(self.manifest.encode())

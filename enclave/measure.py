@@ -26,7 +26,7 @@ ENCLAVE_DIR = Path(__file__).resolve().parent
 DOMAIN = b"ofnode-sim-mrenclave/v1\0"
 #: Every file the runtime can import from ``enclave/``.
 RUNTIME_FILES = (
-    "__init__.py", "ai_manifest.py", "package.py", "ratls.py", "measure.py",
+    "__init__.py", "ai_manifest.py", "ai_object.py", "package.py", "ratls.py", "measure.py",
     "quotes/__init__.py", "quotes/layout.py", "quotes/source.py", "quotes/dev_attestation.py",
     "runtime/__init__.py", "runtime/__main__.py", "runtime/channel.py", "runtime/main.py",
     "runtime/tls.py", "runtime/keys.py", "runtime/runners.py", "unixfs.py", "cid.py",

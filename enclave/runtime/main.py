@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from enclave import ratls
 from enclave.cid import Cid, CidError
 from enclave.ai_manifest import ManifestError, check_files, parse_manifest
+from enclave import ai_object
 from enclave.package import PackageError, open_package
 from enclave.quotes import layout
 from enclave.runtime import runners, tls
@@ -159,8 +160,11 @@ class Runtime:
         ai_dir = self.scratch / "ai"
         try:
             with open(pkg, "rb") as f:
-                open_package(f, bytes(key), ai_dir)
-        except PackageError as exc:
+                public, encrypted = ai_object.split(iter(lambda: f.read(1 << 20), b""))
+                if public != self.manifest_bytes:
+                    raise Failure("the AI object's public manifest differs from the job's (measured) manifest")
+                open_package(encrypted, bytes(key), ai_dir)
+        except (PackageError, ai_object.AiObjectError) as exc:
             raise Failure(f"cannot decrypt the AI: {exc}") from None
         finally:
             key[:] = bytes(len(key))  # wipe (Python may hold other copies; this is what we can do)

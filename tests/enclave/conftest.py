@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from enclave import host, measure
+from enclave import ai_object
 from enclave.package import new_key, seal_dir
 from enclave.quotes.sim_pki import SimPki
 from enclave.quotes.sim_qe import SimQuotingEnclave
@@ -40,7 +41,7 @@ def seal(directory: Path) -> Sealed:
     key = new_key()
     buf = io.BytesIO()
     seal_dir(directory, buf, key, chunk_size=64 << 10)
-    ct = buf.getvalue()
+    ct = ai_object.header((directory / "ai.toml").read_bytes()) + buf.getvalue()
     return Sealed(directory.name, ct, cid_of_chunks([ct]), key, (directory / "ai.toml").read_text())
 
 

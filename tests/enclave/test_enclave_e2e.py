@@ -139,6 +139,21 @@ async def test_manifest_must_match_the_package(qe, digits, wordcount) -> None:
     job = make_job(digits, manifest=wordcount.manifest)
     async with host.open_enclave(job, quote_fn=host.sim_quote_fn(qe, wordcount.manifest.encode()),
                                  ai=digits.ciphertext, ai_key=digits.key) as enclave:
+        with pytest.raises(host.EnclaveError, match="public manifest differs"):
+            await enclave.wait_ai_ready(timeout=10)
+
+
+async def test_public_manifest_must_match_the_packaged_one(qe, digits, wordcount) -> None:
+    """An object whose clear manifest was swapped (CID recomputed to match) is still refused."""
+    from enclave import ai_object
+    from enclave.unixfs import cid_of_chunks
+
+    _, encrypted = ai_object.split([digits.ciphertext])
+    forged = ai_object.header(wordcount.manifest.encode()) + b"".join(encrypted)
+    job = make_job(digits, manifest=wordcount.manifest)
+    job = host.Job(job.request_id, job.nonce, cid_of_chunks([forged]), job.manifest)
+    async with host.open_enclave(job, quote_fn=host.sim_quote_fn(qe, wordcount.manifest.encode()),
+                                 ai=forged, ai_key=digits.key) as enclave:
         with pytest.raises(host.EnclaveError, match="ai.toml differs"):
             await enclave.wait_ai_ready(timeout=10)
 
