@@ -182,3 +182,13 @@ class LocalEnclaveProcess(EnclaveProcess):
             except OSError:
                 pass
         self._on_kill()
+
+    def __del__(self) -> None:
+        # Safety net for a handle dropped without wait()/async with: never leave
+        # a sandbox running. (Popen's own finaliser then reaps the zombie.)
+        if self._info is None:
+            try:
+                self.send_kill()
+                os.close(self._pidfd)
+            except Exception:  # noqa: BLE001 - finalisers must not raise
+                pass

@@ -181,3 +181,47 @@ def test_sweep_removes_orphans_of_dead_nodes() -> None:
         orphan.kill()
         orphan.wait()
         cg.remove()
+
+
+def test_bwrap_without_namespaces_is_unavailable(tmp_path) -> None:
+    """A bwrap that cannot unshare (e.g. a locked-down container) is refused with bwrap's own words."""
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    a = SimBackend(bwrap=str(fake)).available()
+    assert not a.ok
+    assert "cannot create namespaces" in a.reason and "No permissions" in a.reason
+
+
+async def test_runs_without_seccomp_and_says_so(box: Box, monkeypatch) -> None:
+    """No libseccomp: the sandbox still runs, unfiltered, and available() says so."""
+    from enclave.backends import seccomp, sim as sim_mod
+
+    def missing() -> bytes:
+        raise seccomp.SeccompUnavailable("libseccomp not found (test)")
+
+    monkeypatch.setattr(seccomp, "filter_bpf", missing)
+    sim_mod._seccomp_note.cache_clear()
+    try:
+        backend = SimBackend()
+        if not backend.available().ok:
+            pytest.skip(backend.available().reason)
+        assert "WITHOUT a syscall filter" in backend.available().reason
+        info = await box.run(backend, "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])")
+        assert info.reason == "ok" and info.stderr_tail.strip() == "0"
+    finally:
+        sim_mod._seccomp_note.cache_clear()
+
+
+async def test_dropped_handle_is_killed(sim, box: Box) -> None:
+    """A handle dropped without wait() or async-with still kills its enclave (finaliser)."""
+    import gc
+
+    token = os.urandom(6).hex()
+    proc = await sim.start(box.spec(SLEEPER.format(token=token)))
+    assert procs_with(token)
+    del proc
+    gc.collect()
+    with trio.fail_after(5):
+        while procs_with(token):
+            await trio.sleep(0.05)

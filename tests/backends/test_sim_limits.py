@@ -107,3 +107,24 @@ while True:
             assert proc.exit_info is None  # still spinning: contained, not crashed
     assert 2 <= peak <= 24 + 2, peak  # +2: bwrap's monitor and init share the cmdline token
     assert procs_with(token) == []
+
+
+async def test_threads_bound_cpu_bandwidth(sim, box: Box) -> None:
+    """With a cpu cgroup, threads=1 caps two busy processes at about one core together."""
+    if "cpu," not in sim.available().reason + "," or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs the cpu cgroup controller and 2+ cores")
+    probe = """
+import os, time
+for _ in range(2):
+    if os.fork() == 0:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            pass
+        os._exit(0)
+os.wait(); os.wait()
+t = os.times()
+print(t.children_user + t.children_system)
+"""
+    info = await box.run(sim, probe, threads=1)
+    assert info.reason == "ok", info
+    assert float(info.stderr_tail.split()[-1]) < 2.0  # throttled: ~1.5; unthrottled: ~3.0 (2 x 1.5 s)
