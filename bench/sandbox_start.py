@@ -14,15 +14,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from enclave.backends import EnclaveSpec, runtime_code_dirs  # noqa: E402
-from enclave.backends.sim import SimBackend  # noqa: E402
+from enclave.backends import EnclaveSpec, runtime_code_dirs
+from enclave.backends.sim import SimBackend
 
 TRUE = ["/usr/bin/true"]
 PY = [sys.executable, "-c", "import sys"]
@@ -52,14 +52,14 @@ async def main(runs: int) -> None:
 
         def plain(argv: list[str]) -> Callable[[], Awaitable[None]]:
             async def run() -> None:
-                subprocess.run(argv, check=True)
+                subprocess.run(argv, check=True)  # noqa: ASYNC221 - timing a blocking run on purpose
             return run
 
         def bare_bwrap(argv: list[str]) -> Callable[[], Awaitable[None]]:
             cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", *argv]
 
             async def run() -> None:
-                subprocess.run(cmd, check=True)
+                subprocess.run(cmd, check=True)  # noqa: ASYNC221 - timing a blocking run on purpose
             return run
 
         def sim(argv: list[str], phase: list[float] | None = None) -> Callable[[], Awaitable[None]]:

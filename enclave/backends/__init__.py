@@ -15,14 +15,34 @@ import importlib
 from collections.abc import Callable
 
 from enclave.backends.base import (
-    SCRATCH_DIR, SOCKET_DIR, Availability, Backend, BackendError, BackendUnavailable,
-    EnclaveProcess, EnclaveSpec, ExitInfo, ExitReason, runtime_code_dirs,
+    SCRATCH_DIR,
+    SOCKET_DIR,
+    Availability,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    EnclaveProcess,
+    EnclaveSpec,
+    ExitInfo,
+    ExitReason,
+    runtime_code_dirs,
 )
 
 __all__ = [
-    "SCRATCH_DIR", "SOCKET_DIR", "Availability", "Backend", "BackendError", "BackendUnavailable",
-    "EnclaveProcess", "EnclaveSpec", "ExitInfo", "ExitReason", "runtime_code_dirs",
-    "backend_names", "get_backend", "register_backend",
+    "SCRATCH_DIR",
+    "SOCKET_DIR",
+    "Availability",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "EnclaveProcess",
+    "EnclaveSpec",
+    "ExitInfo",
+    "ExitReason",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+    "runtime_code_dirs",
 ]
 
 

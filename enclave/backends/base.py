@@ -21,13 +21,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 import trio
 
 __all__ = [
-    "SOCKET_DIR", "SCRATCH_DIR", "ExitReason", "Availability", "ExitInfo",
-    "EnclaveSpec", "EnclaveProcess", "Backend", "BackendError", "BackendUnavailable",
+    "SCRATCH_DIR",
+    "SOCKET_DIR",
+    "Availability",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "EnclaveProcess",
+    "EnclaveSpec",
+    "ExitInfo",
+    "ExitReason",
     "runtime_code_dirs",
 ]
 
@@ -167,7 +175,7 @@ class EnclaveProcess(abc.ABC):
             scope.deadline = trio.current_time() + timeout
             await self.wait()
 
-    async def __aenter__(self) -> "EnclaveProcess":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

@@ -106,7 +106,7 @@ class EnclaveCgroup:
     controllers: tuple[str, ...] = field(default=())
 
     @classmethod
-    def create(cls, name: str, memory_bytes: int, max_pids: int, cpus: int) -> "EnclaveCgroup":
+    def create(cls, name: str, memory_bytes: int, max_pids: int, cpus: int) -> EnclaveCgroup:
         """Make and configure the cgroup; raise CgroupUnavailable if that is impossible."""
         if os.geteuid() != 0:
             raise CgroupUnavailable("cgroups need root (the node is not root)")
@@ -129,7 +129,7 @@ class EnclaveCgroup:
         return cg
 
     @classmethod
-    def _make_v1(cls, name: str, v1: dict[str, tuple[Path, str]], own: dict[str, str]) -> "EnclaveCgroup":
+    def _make_v1(cls, name: str, v1: dict[str, tuple[Path, str]], own: dict[str, str]) -> EnclaveCgroup:
         dirs: dict[str, Path] = {}
         made: list[Path] = []
         for ctrl in _V1_CONTROLLERS:
@@ -153,7 +153,7 @@ class EnclaveCgroup:
         return cls(1, dirs, tuple(dirs))
 
     @classmethod
-    def _make_v2(cls, name: str, v2: tuple[Path, str], own: str) -> "EnclaveCgroup":
+    def _make_v2(cls, name: str, v2: tuple[Path, str], own: str) -> EnclaveCgroup:
         mnt, root = v2
         parent = _under(mnt, root, own)
         try:

@@ -17,7 +17,7 @@ import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["SgxInfo", "DockerInfo", "BackendStatus", "Inventory", "detect", "sgx_info", "docker_info"]
+__all__ = ["BackendStatus", "DockerInfo", "Inventory", "SgxInfo", "detect", "docker_info", "sgx_info"]
 
 _DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 

@@ -35,7 +35,7 @@ import trio
 
 from enclave.backends.base import EnclaveProcess, ExitInfo
 
-__all__ = ["RawExit", "LocalEnclaveProcess", "spawn", "TAIL_BYTES"]
+__all__ = ["TAIL_BYTES", "LocalEnclaveProcess", "RawExit", "spawn"]
 
 TAIL_BYTES = 4096
 
@@ -140,7 +140,7 @@ class LocalEnclaveProcess(EnclaveProcess):
         async with self._lock:
             if self._info is None:
                 await trio.lowlevel.wait_readable(self._pidfd)  # readable once it exited
-                _, status, ru = os.wait4(self._pid, 0)
+                _, status, ru = os.wait4(self._pid, 0)  # noqa: ASYNC222 - exited: returns at once
                 self._popen.returncode = os.waitstatus_to_exitcode(status)
                 trio.lowlevel.notify_closing(self._pidfd)
                 os.close(self._pidfd)
@@ -190,5 +190,5 @@ class LocalEnclaveProcess(EnclaveProcess):
             try:
                 self.send_kill()
                 os.close(self._pidfd)
-            except Exception:  # noqa: BLE001 - finalisers must not raise
+            except Exception:  # noqa: BLE001, S110 - finalisers must not raise
                 pass

@@ -29,7 +29,7 @@ import functools
 import os
 import socket
 
-__all__ = ["SeccompUnavailable", "DENIED_SYSCALLS", "build_filter", "filter_bpf"]
+__all__ = ["DENIED_SYSCALLS", "SeccompUnavailable", "build_filter", "filter_bpf"]
 
 # libseccomp ABI constants (seccomp.h); stable across 2.x.
 _SCMP_ACT_ALLOW = 0x7FFF0000

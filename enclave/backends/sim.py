@@ -50,12 +50,19 @@ import trio
 from enclave.backends import cgroup as cgroups
 from enclave.backends import seccomp
 from enclave.backends.base import (
-    SCRATCH_DIR, SOCKET_DIR, Availability, Backend, BackendError, BackendUnavailable,
-    EnclaveProcess, EnclaveSpec, ExitInfo,
+    SCRATCH_DIR,
+    SOCKET_DIR,
+    Availability,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    EnclaveProcess,
+    EnclaveSpec,
+    ExitInfo,
 )
 from enclave.backends.process import LocalEnclaveProcess, RawExit, spawn
 
-__all__ = ["SimBackend", "SANDBOX_UID_RANGE"]
+__all__ = ["SANDBOX_UID_RANGE", "SimBackend"]
 
 #: Host uids handed to sandboxes when the node is root: far above any real user
 #: and above the usual subuid ranges; one per enclave, never reused while in use.
@@ -83,9 +90,9 @@ def _probe_bwrap(bwrap: str, root: bool) -> tuple[bool, str]:
     try:
         out = subprocess.run(
             [bwrap, *flags, "--ro-bind", "/", "/", "--", "true"],
-            capture_output=True, text=True, timeout=10, env={}, stdin=subprocess.DEVNULL,
+            check=False, capture_output=True, text=True, timeout=10, env={}, stdin=subprocess.DEVNULL,
         )
-        ver = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10)
+        ver = subprocess.run([bwrap, "--version"], check=False, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError) as exc:
         return False, f"cannot run {bwrap}: {exc}"
     if out.returncode != 0:
@@ -408,9 +415,7 @@ def _classify(raw: RawExit, *, spec: EnclaveSpec, cg: cgroups.EnclaveCgroup | No
         reason = "killed"
     elif code == 0:
         reason = "ok"
-    elif cg is not None and cg.oom_kills() > 0:
-        reason = "oom"
-    elif cg is None and _OOM_MARKERS.search(raw.stderr_tail):
+    elif cg is not None and cg.oom_kills() > 0 or cg is None and _OOM_MARKERS.search(raw.stderr_tail):
         reason = "oom"
     elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= math.ceil(spec.cpu_seconds) - 0.05):
         reason = "cpu_time"

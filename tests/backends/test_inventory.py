@@ -14,9 +14,10 @@ from enclave.backends import get_backend, inventory
 
 
 def _meminfo_kib(key: str) -> int:
-    for line in open("/proc/meminfo"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
     raise KeyError(key)
 
 

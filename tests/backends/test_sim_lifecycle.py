@@ -67,7 +67,7 @@ async def test_kill_then_wait(sim, box: Box) -> None:
 async def test_kill_after_exit_keeps_reason(sim, box: Box) -> None:
     """A kill that arrives after the enclave ended on its own does not relabel it."""
     async with await sim.start(box.spec("pass")) as proc:
-        while not os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+        while not os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):  # noqa: ASYNC222
             await trio.sleep(0.01)
         await proc.kill()
         assert (await proc.wait()).reason == "ok"
@@ -128,8 +128,8 @@ trio.run(main)
 async def test_node_death_kills_enclave(sim, box: Box) -> None:
     """(h) If the node process is SIGKILLed (no cleanup at all), --die-with-parent takes the enclave down."""
     token = os.urandom(6).hex()
-    node = subprocess.Popen([sys.executable, "-c", textwrap.dedent(NODE_SCRIPT), str(box.sock), str(box.scratch), token],
-                            stdout=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-c", textwrap.dedent(NODE_SCRIPT), str(box.sock), str(box.scratch), token]
+    node = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220 - a plain child is the point
     try:
         assert node.stdout is not None
         assert (await trio.to_thread.run_sync(node.stdout.readline)).strip() == "started"
@@ -195,7 +195,8 @@ def test_bwrap_without_namespaces_is_unavailable(tmp_path) -> None:
 
 async def test_runs_without_seccomp_and_says_so(box: Box, monkeypatch) -> None:
     """No libseccomp: the sandbox still runs, unfiltered, and available() says so."""
-    from enclave.backends import seccomp, sim as sim_mod
+    from enclave.backends import seccomp
+    from enclave.backends import sim as sim_mod
 
     def missing() -> bytes:
         raise seccomp.SeccompUnavailable("libseccomp not found (test)")

@@ -11,7 +11,7 @@ from enclave.backends import EnclaveSpec, runtime_code_dirs
 
 
 def make(**kw: object) -> EnclaveSpec:
-    base: dict[str, object] = dict(argv=("python",), code_dirs=(), socket_dir="/s", scratch_dir="/x")
+    base: dict[str, object] = {"argv": ("python",), "code_dirs": (), "socket_dir": "/s", "scratch_dir": "/x"}
     base.update(kw)
     return EnclaveSpec(**base)  # type: ignore[arg-type]
 
@@ -26,16 +26,16 @@ def test_normalises_types() -> None:
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(argv=()), "argv"),
-    (dict(memory_bytes=0), "memory_bytes"),
-    (dict(max_pids=-1), "max_pids"),
-    (dict(threads=1.5), "threads"),
-    (dict(cpu_seconds=float("inf")), "cpu_seconds"),
-    (dict(scratch_dir="rel"), "absolute"),
-    (dict(code_dirs=["/"]), "shadow"),
-    (dict(code_dirs=["/tmp/code"]), "shadow"),
-    (dict(code_dirs=["/proc"]), "shadow"),
-    (dict(env={"A=B": "x"}), "environment"),
+    ({"argv": ()}, "argv"),
+    ({"memory_bytes": 0}, "memory_bytes"),
+    ({"max_pids": -1}, "max_pids"),
+    ({"threads": 1.5}, "threads"),
+    ({"cpu_seconds": float("inf")}, "cpu_seconds"),
+    ({"scratch_dir": "rel"}, "absolute"),
+    ({"code_dirs": ["/"]}, "shadow"),
+    ({"code_dirs": ["/tmp/code"]}, "shadow"),
+    ({"code_dirs": ["/proc"]}, "shadow"),
+    ({"env": {"A=B": "x"}}, "environment"),
 ])
 def test_rejects(kw: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
