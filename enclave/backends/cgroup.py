@@ -18,6 +18,7 @@ hierarchy is read-only or the node is not root, ``create()`` raises
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -32,9 +33,12 @@ _V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 _NAME = re.compile(r"^ofnode-(?:probe-)?(\d+)(?:-\d+)?$")
 
 
-def name_for(n: int) -> str:
-    """The cgroup name of this node process's ``n``-th enclave."""
-    return f"ofnode-{os.getpid()}-{n}"
+_serial = itertools.count(1)
+
+
+def name_for() -> str:
+    """A fresh cgroup name, unique within this node process (across backend instances)."""
+    return f"ofnode-{os.getpid()}-{next(_serial)}"
 
 
 class CgroupUnavailable(RuntimeError):

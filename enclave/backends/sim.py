@@ -33,6 +33,7 @@ monitor (the pid the node holds) -> bwrap init (pid 1 inside) -> the command.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import random
@@ -67,6 +68,8 @@ __all__ = ["SANDBOX_UID_RANGE", "SimBackend"]
 #: Host uids handed to sandboxes when the node is root: far above any real user
 #: and above the usual subuid ranges; one per enclave, never reused while in use.
 SANDBOX_UID_RANGE = range(2_000_000_000, 2_100_000_000)
+
+_log = logging.getLogger(__name__)
 
 # bwrap exits with 128 + N when the command was killed by signal N.
 _SIGNAL_EXIT = range(129, 129 + 64)
@@ -127,7 +130,6 @@ class SimBackend(Backend):
         self.use_seccomp = use_seccomp
         self._bwrap = bwrap
         self._uids_in_use: set[int] = set()
-        self._counter = 0
         self._availability: Availability | None = None
         self._swept = False
 
@@ -183,13 +185,13 @@ class SimBackend(Backend):
         try:
             if uid is not None:
                 _hand_over(spec, uid)
-            self._counter += 1
             if self.use_cgroups:
                 try:
                     cg = cgroups.EnclaveCgroup.create(
-                        cgroups.name_for(self._counter),
+                        cgroups.name_for(),
                         spec.memory_bytes, spec.max_pids + 2, spec.threads)  # +2: bwrap's monitor and init
-                except cgroups.CgroupUnavailable:
+                except cgroups.CgroupUnavailable as exc:
+                    _log.warning("enclave runs with rlimits only: %s", exc)
                     cg = None
             if self.use_seccomp and _seccomp_note()[0]:
                 seccomp_fd = os.memfd_create("ofnode-seccomp", os.MFD_CLOEXEC)

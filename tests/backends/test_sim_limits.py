@@ -128,3 +128,27 @@ print(t.children_user + t.children_system)
     info = await box.run(sim, probe, threads=1)
     assert info.reason == "ok", info
     assert float(info.stderr_tail.split()[-1]) < 2.0  # throttled: ~1.5; unthrottled: ~3.0 (2 x 1.5 s)
+
+
+async def test_concurrent_enclaves_each_get_their_own_cgroup(box: Box, tmp_path) -> None:
+    """Two backend instances, two enclaves at once: both limited by their own cgroup."""
+    from enclave.backends.sim import SimBackend
+
+    from .conftest import _require
+
+    a, b = _require(SimBackend()), _require(SimBackend())
+    if "limits: cgroup v" not in a.available().reason:
+        pytest.skip("no cgroups here")
+    other = Box(tmp_path / "b", tmp_path / "b" / "scratch", tmp_path / "b" / "sock")
+    other.scratch.mkdir(parents=True)
+    other.sock.mkdir()
+    results = {}
+
+    async def run(name: str, backend: SimBackend, bx: Box) -> None:
+        results[name] = await bx.run(backend, EAT_MEMORY, memory_bytes=96 << 20)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run, "a", a, box)
+        n.start_soon(run, "b", b, other)
+    for info in results.values():
+        assert (info.reason, info.signal) == ("oom", signal.SIGKILL), info
