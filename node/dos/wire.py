@@ -1,0 +1,209 @@
+"""Request/response messages over libp2p streams: one length-prefixed JSON
+object each way, strictly validated.
+
+Frame: a 4-byte big-endian length, then that many bytes of UTF-8 JSON whose
+top level is an object. Duplicate keys, NaN/Infinity, non-UTF-8 bytes, frames
+over the protocol's size limit and nesting deeper than Python's JSON decoder
+allows are all rejected with :class:`WireError` (never another exception), so
+a handler can answer "malformed" and carry on.
+
+The field helpers (``get_str``, ``get_hex``...) raise :class:`WireError`
+naming the field. Used by the DOS and the secrets protocols alike.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import struct
+from typing import Any
+
+import trio
+
+__all__ = [
+    "WireError", "encode_frame", "decode_body", "read_message", "write_message", "request",
+    "get", "get_str", "get_int", "get_hex", "get_b64", "get_list", "only_keys", "b64", "canonical_json",
+]
+
+_LEN = struct.Struct(">I")
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+class WireError(ValueError):
+    """A malformed or oversize message; the text names the problem (safe to send back)."""
+
+
+# -- JSON -------------------------------------------------------------------
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise WireError(f"duplicate key {k[:40]!r}")
+        out[k] = v
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise WireError(f"{name} is not allowed")
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """Strict JSON object from bytes (no size check here: the frame reader does it)."""
+    try:
+        text = bytes(raw).decode("utf-8")
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except WireError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError, TypeError):
+        raise WireError("not a JSON object (invalid UTF-8 or JSON)") from None
+    if not isinstance(obj, dict):
+        raise WireError("not a JSON object")
+    return obj
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no spaces, ASCII only."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def encode_frame(obj: dict[str, Any], max_size: int) -> bytes:
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    if len(body) > max_size:
+        raise WireError(f"message of {len(body)} bytes exceeds {max_size}")
+    return _LEN.pack(len(body)) + body
+
+
+# -- streams ----------------------------------------------------------------
+async def _read_exactly(stream: Any, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = await stream.read(n - len(buf))
+        except Exception as e:  # StreamEOF, StreamReset, StreamError...
+            raise WireError(f"stream ended after {len(buf)} of {n} bytes ({type(e).__name__})") from None
+        if not chunk:
+            raise WireError(f"stream ended after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+async def read_message(stream: Any, max_size: int) -> dict[str, Any]:
+    (n,) = _LEN.unpack(await _read_exactly(stream, _LEN.size))
+    if n > max_size:
+        raise WireError(f"message of {n} bytes exceeds {max_size}")
+    return decode_body(await _read_exactly(stream, n))
+
+
+async def write_message(stream: Any, obj: dict[str, Any], max_size: int) -> None:
+    await stream.write(encode_frame(obj, max_size))
+
+
+async def request(host: Any, peer_id: str, protocol: str, msg: dict[str, Any], *, max_request: int,
+                  max_response: int, timeout: float) -> dict[str, Any]:
+    """Open a stream to ``peer_id``, send ``msg``, return the reply object.
+
+    Raises WireError for anything that goes wrong (unreachable peer, protocol
+    not supported, timeout, malformed reply), with the cause in the text.
+    """
+    from libp2p.peer.id import ID
+
+    frame = encode_frame(msg, max_request)
+    try:
+        pid = ID.from_base58(peer_id)
+    except Exception:
+        raise WireError(f"{peer_id!r} is not a peer id") from None
+    stream = None
+    try:
+        with trio.fail_after(timeout):
+            try:
+                stream = await host.new_stream(pid, [protocol])
+            except Exception as e:
+                raise WireError(f"cannot open {protocol} to {peer_id}: {type(e).__name__}: {str(e)[:200]}") from None
+            try:
+                await stream.write(frame)
+            except Exception as e:
+                raise WireError(f"send to {peer_id} failed: {type(e).__name__}") from None
+            return await read_message(stream, max_response)
+    except trio.TooSlowError:
+        raise WireError(f"{peer_id} did not answer within {timeout:g} s") from None
+    finally:
+        if stream is not None:
+            with trio.move_on_after(1):
+                try:
+                    await stream.close()
+                except Exception:
+                    pass
+
+
+# -- fields -----------------------------------------------------------------
+def only_keys(d: dict[str, Any], required: set[str], optional: set[str] = frozenset(), where: str = "message") -> None:  # type: ignore[assignment]
+    missing = required - set(d)
+    if missing:
+        raise WireError(f"{where}: missing field(s) {sorted(missing)}")
+    extra = set(d) - required - set(optional)
+    if extra:
+        raise WireError(f"{where}: unknown field(s) {sorted(str(k)[:40] for k in extra)[:5]}")
+
+
+def get(d: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
+    if key not in d:
+        raise WireError(f"{key}: missing")
+    v = d[key]
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        name = "/".join(t.__name__ for t in types)
+        raise WireError(f"{key}: expected {name}, got {type(v).__name__}")
+    return v
+
+
+def get_str(d: dict[str, Any], key: str, *, max_len: int = 256, pattern: re.Pattern[str] | None = None) -> str:
+    v = get(d, key, str)
+    if len(v) > max_len:
+        raise WireError(f"{key}: longer than {max_len} characters")
+    if pattern is not None and not pattern.fullmatch(v):
+        raise WireError(f"{key}: not valid")
+    return v
+
+
+def get_int(d: dict[str, Any], key: str, lo: int = 0, hi: int = 2**53) -> int:
+    v = get(d, key, int)
+    if not lo <= v <= hi:
+        raise WireError(f"{key}: must lie in {lo}..{hi}")
+    return v
+
+
+def get_hex(d: dict[str, Any], key: str, *, size: int | None = None, min_size: int = 0, max_size: int = 1 << 16) -> bytes:
+    v = get(d, key, str)
+    if len(v) > 2 * max(size or 0, max_size) or len(v) % 2 or not _HEX.fullmatch(v):
+        raise WireError(f"{key}: expected lowercase hex")
+    raw = bytes.fromhex(v)
+    if size is not None and len(raw) != size:
+        raise WireError(f"{key}: expected {size} bytes, got {len(raw)}")
+    if not min_size <= len(raw) <= max_size:
+        raise WireError(f"{key}: expected {min_size}..{max_size} bytes, got {len(raw)}")
+    return raw
+
+
+def get_b64(d: dict[str, Any], key: str, *, max_size: int, min_size: int = 1) -> bytes:
+    v = get(d, key, str)
+    if len(v) > (max_size + 2) // 3 * 4:
+        raise WireError(f"{key}: longer than {max_size} bytes")
+    try:
+        raw = base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise WireError(f"{key}: not base64") from None
+    if not min_size <= len(raw) <= max_size:
+        raise WireError(f"{key}: expected {min_size}..{max_size} bytes, got {len(raw)}")
+    return raw
+
+
+def get_list(d: dict[str, Any], key: str, *, max_len: int) -> list[Any]:
+    v = get(d, key, list)
+    if len(v) > max_len:
+        raise WireError(f"{key}: more than {max_len} items")
+    return v
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(bytes(data)).decode()
