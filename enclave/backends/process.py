@@ -190,5 +190,8 @@ class LocalEnclaveProcess(EnclaveProcess):
             try:
                 self.send_kill()
                 os.close(self._pidfd)
+                for fd in self._extra_pidfds:
+                    os.close(fd)
+                self._on_exit()  # backend cleanup (e.g. the cgroup: waits briefly for the kills)
             except Exception:  # noqa: BLE001, S110 - finalisers must not raise
                 pass
