@@ -67,6 +67,10 @@ class Inventory:
     def backend_ok(self, name: str) -> bool:
         return any(b.name == name and b.ok for b in self.backends)
 
+    def working_backends(self) -> tuple[str, ...]:
+        """Names of the backends that can run here: what a provider should announce."""
+        return tuple(b.name for b in self.backends if b.ok)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["sgx"]["usable"] = self.sgx.usable

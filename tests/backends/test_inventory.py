@@ -50,6 +50,7 @@ def test_backends_reported_as_they_say() -> None:
     assert "sim" in names
     sim = next(b for b in inv.backends if b.name == "sim")
     assert sim.ok == get_backend("sim").available().ok == inv.backend_ok("sim")
+    assert ("sim" in inv.working_backends()) == sim.ok
     assert sim.reason
 
 
