@@ -9,7 +9,9 @@ BIN := $(VENV)/bin
 STAMPS := .stamps
 # Debian packages, each named with a command it provides: a command already on
 # PATH (e.g. node/npm from another source) is not reinstalled over.
-APT_NEEDS := bwrap:bubblewrap ip:iproute2 ps:procps npm:npm node:nodejs
+APT_NEEDS := bwrap:bubblewrap ip:iproute2 ps:procps npm:npm node:nodejs setpriv:util-linux
+# Libraries with no command of their own.
+APT_LIBS := libseccomp2
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup clean-venv bench proto
@@ -20,6 +22,7 @@ $(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@missing=""; for need in $(APT_NEEDS); do cmd=$${need%%:*}; pkg=$${need#*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	for pkg in $(APT_LIBS); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
