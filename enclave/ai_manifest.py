@@ -475,7 +475,7 @@ def _parse_io(t: dict[str, Any], runtime: str) -> Io:
         return Io(input=fmts["input"], output=fmts["output"])
     for k in ("input", "output"):
         if fmts[k] != "json":
-            raise ManifestError(f"io.{k}", f'must be "json" for runtime = "onnx"')
+            raise ManifestError(f"io.{k}", 'must be "json" for runtime = "onnx"')
     if "onnx" not in t:
         raise ManifestError("io.onnx", 'is required for runtime = "onnx"')
     return Io(input="json", output="json", onnx=_parse_onnx_io(_table(t, "onnx", "io")))

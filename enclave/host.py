@@ -45,6 +45,8 @@ MAX_QUOTES = 4  # the runtime needs two (legacy + DICE); more is a misbehaving e
 
 QuoteFn = Callable[[bytes], bytes]
 AiSource = bytes | Callable[[], AsyncIterable[bytes]]
+ShareFn = Callable[[dict], Awaitable[list]]
+ACL_WAIT = 60.0  # how long a runtime asking for its ACL entry may wait for the DOS quorum
 
 
 class EnclaveError(Exception):
@@ -59,10 +61,15 @@ class Job:
     manifest: str  # the exact ai.toml text; it is measured (sim MRENCLAVE)
     max_requests: int = 1
     timeout: float = 600.0
+    # Where the runtime gets the AI key: "secret-store" (shares from the
+    # secrets peers, relayed by the host) or "host-test-hook" (tests only).
+    key_source: str = "host-test-hook"
+    secrets_peers: tuple[str, ...] | list[str] = ()
 
     def message(self) -> dict:
         return {"op": "job", "request_id": self.request_id, "nonce": self.nonce.hex(), "ai_cid": self.ai_cid,
-                "manifest": self.manifest, "max_requests": self.max_requests, "timeout": self.timeout}
+                "manifest": self.manifest, "max_requests": self.max_requests, "timeout": self.timeout,
+                "key_source": self.key_source, "secrets_peers": list(self.secrets_peers)}
 
 
 @dataclass(frozen=True)
@@ -193,9 +200,12 @@ class EnclaveSession:
     """Drives one connected runtime.  Run :meth:`run` in a nursery."""
 
     def __init__(self, transport: trio.abc.Stream, job: Job, *, quote_fn: QuoteFn | None,
-                 ai: AiSource | None, ai_key: bytes | None = None) -> None:
+                 ai: AiSource | None, ai_key: bytes | None = None, share_fn: ShareFn | None = None) -> None:
         self.transport, self.job = transport, job
-        self.quote_fn, self.ai, self.ai_key = quote_fn, ai, ai_key  # ai_key: TEST HOOK (no Secret Store yet)
+        self.quote_fn, self.ai, self.ai_key = quote_fn, ai, ai_key  # ai_key: TEST HOOK only
+        self.share_fn = share_fn  # relays a share request to the secrets peers, returns their answers
+        self._acl: dict | None = None
+        self._acl_granted = trio.Event()
         self.evidence: Evidence | None = None
         self.error: str | None = None
         self.dead = False
@@ -236,6 +246,11 @@ class EnclaveSession:
             raise EnclaveError(f"{what}: {self.error}")
 
     # ---- public
+    def grant_acl(self, grant: dict) -> None:
+        """Hand the runtime its quorum ACL entry ({entry, signatures}) once the DOS peers signed it."""
+        self._acl = grant
+        self._acl_granted.set()
+
     async def run(self) -> None:
         """Send the job and serve the runtime until it exits or the channel breaks.  Never raises."""
         parser = ch.FrameParser()
@@ -329,7 +344,13 @@ class EnclaveSession:
             await self._write(ch.encode(sid, ch.OPEN, ch.json.dumps({"kind": "ai", "re": rid}).encode()))
             assert self._nursery is not None
             self._nursery.start_soon(self._send_ai, sid)
-        elif op == "key_request":  # TEST HOOK until the Secret Store flow exists
+        elif op == "acl_request":
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer_acl, rid)
+        elif op == "shares_request":
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer_shares, rid, msg.get("request"))
+        elif op == "key_request":  # TEST HOOK: the key in clear, for tests without a Secret Store
             if self.ai_key is None:
                 await self._ctrl({"op": "error", "re": rid, "error": "host has no key (test hook disabled)"})
             else:
@@ -344,6 +365,26 @@ class EnclaveSession:
             self._fail(f"enclave error: {msg.get('error')}")
         else:
             raise ch.ChannelError(f"unknown control op {op!r}")
+
+    async def _answer_acl(self, rid: object) -> None:
+        with trio.move_on_after(ACL_WAIT):
+            await self._acl_granted.wait()
+        if self._acl is None:
+            await self._ctrl({"op": "error", "re": rid, "error": "no ACL entry was granted in time"})
+        else:
+            await self._ctrl({"op": "acl", "re": rid, **self._acl})
+
+    async def _answer_shares(self, rid: object, request: object) -> None:
+        """Relay: the request is signed by the enclave key, the answers sealed to it."""
+        if self.share_fn is None or not isinstance(request, dict):
+            await self._ctrl({"op": "error", "re": rid, "error": "this host relays no share requests"})
+            return
+        try:
+            answers = await self.share_fn(request)
+        except Exception as exc:  # noqa: BLE001 - network failures become the runtime's error
+            await self._ctrl({"op": "error", "re": rid, "error": f"share relay failed: {exc}"[:500]})
+            return
+        await self._ctrl({"op": "shares", "re": rid, "answers": answers})
 
     async def _send_ai(self, sid: int) -> None:
         reason = b""
@@ -388,6 +429,7 @@ async def _accept_or_exit(listener: trio.socket.SocketType, handle: EnclaveHandl
 
 @asynccontextmanager
 async def open_enclave(job: Job, *, quote_fn: QuoteFn | None, ai: AiSource | None, ai_key: bytes | None = None,
+                       share_fn: ShareFn | None = None,
                        launcher: Launcher = subprocess_launcher, quote_source: str = "sim-host",
                        start_timeout: float = 10.0, stop_timeout: float = 5.0) -> AsyncIterator[EnclaveSession]:
     """Launch a runtime, run its session, and yield it once the evidence is in.
@@ -407,7 +449,7 @@ async def open_enclave(job: Job, *, quote_fn: QuoteFn | None, ai: AiSource | Non
         try:
             transport = await _accept_or_exit(listener, handle, start_timeout)
             listener.close()
-            session = EnclaveSession(transport, job, quote_fn=quote_fn, ai=ai, ai_key=ai_key)
+            session = EnclaveSession(transport, job, quote_fn=quote_fn, ai=ai, ai_key=ai_key, share_fn=share_fn)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(session.run)

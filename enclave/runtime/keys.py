@@ -7,10 +7,11 @@ planned:
 * :class:`HostTestHookKeyProvider` (now): **TEST HOOK** - the untrusted host
   sends the key in clear over the control channel.  It exists only until the
   Secret Store flow lands and must never be enabled on a real network.
-* ``SecretStoreKeyProvider`` (later, secure-flow steps 10-11): the enclave
-  sends the ACL entry and a signature by its enclave key to the ``secrets``
-  peers through a relay stream, receives t Shamir shares sealed (HPKE) to its
-  key, and combines them.  ``KeyContext`` already carries what that needs.
+* :class:`SecretStoreKeyProvider` (secure-flow steps 10-11): the enclave
+  asks the host for its quorum ACL entry, signs a share request with its
+  enclave key (binding a fresh HPKE key), has the host relay it to the
+  ``secrets`` peers, opens the t shares sealed to it and rebuilds the key.
+  The host only ever carries signed requests and sealed shares.
 """
 
 from __future__ import annotations
@@ -60,3 +61,35 @@ class HostTestHookKeyProvider(KeyProvider):
         if len(key) != KEY_SIZE:
             raise KeyUnavailable(f"host test hook: key is {len(key)} bytes, not {KEY_SIZE}")
         return key
+
+
+class SecretStoreKeyProvider(KeyProvider):
+    """The AI key from t of the secrets peers' Shamir shares, relayed by the host."""
+
+    def __init__(self, chan: Channel, timeout: float, secrets_peers: list[str]) -> None:
+        self.chan, self.timeout, self.secrets_peers = chan, timeout, secrets_peers
+
+    def get_key(self, ctx: KeyContext) -> bytearray:
+        from enclave import secret_client as sc
+
+        kind, acl = self.chan.request({"op": "acl_request"}, self.timeout)
+        if kind != "ctrl" or acl.get("op") != "acl" or not isinstance(acl.get("entry"), dict):
+            raise KeyUnavailable(f"no ACL entry from the host: {acl.get('error', acl.get('op'))}")
+        entry = acl["entry"]
+        if entry.get("request_id") != ctx.request_id or entry.get("ai_cid") != ctx.ai_cid:
+            raise KeyUnavailable("the host's ACL entry is for another request or AI")
+        hpke = sc.new_hpke_key()
+        request = sc.build_share_request(entry, acl.get("signatures") or [], ctx.enclave_key, hpke)
+        kind, reply = self.chan.request({"op": "shares_request", "request": request}, self.timeout)
+        if kind != "ctrl" or reply.get("op") != "shares" or not isinstance(reply.get("answers"), list):
+            raise KeyUnavailable(f"no key shares: {reply.get('error', reply.get('op'))}")
+        opened, problems = [], []
+        for answer in reply["answers"][:64]:
+            try:
+                opened.append(sc.open_share(answer, hpke, entry, trusted_peers=self.secrets_peers or None))
+            except (sc.ShareError, TypeError, ValueError, KeyError) as exc:
+                problems.append(str(exc)[:120])
+        try:
+            return sc.rebuild_key(opened)
+        except sc.ShareError as exc:
+            raise KeyUnavailable(f"{exc}" + (f" (unusable: {'; '.join(problems)})" if problems else "")) from None

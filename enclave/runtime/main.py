@@ -43,11 +43,13 @@ from enclave.quotes import layout
 from enclave.runtime import runners, tls
 from enclave.runtime.channel import Channel, ChannelError
 from enclave.quotes.source import QuoteSourceError
-from enclave.runtime.keys import HostTestHookKeyProvider, KeyContext, KeyProvider, KeyUnavailable
+from enclave.runtime.keys import (HostTestHookKeyProvider, KeyContext, KeyProvider, KeyUnavailable,
+                                  SecretStoreKeyProvider)
 from enclave.unixfs import cid_of_chunks
 
 JOB_TIMEOUT = 30.0  # host must send the job this soon
 REPLY_TIMEOUT = 30.0  # quote / fetch_ai / key replies
+ACL_TIMEOUT = 90.0  # ACL quorum + key shares: the DOS and secrets peers answer over the network
 STREAM_TIMEOUT = 60.0  # silence on a stream
 DEFAULT_DEADLINE = 600.0  # whole job, unless the job says otherwise
 MAX_INPUT = 64 << 20
@@ -86,9 +88,13 @@ class Runtime:
             self.cid = Cid.decode(self.ai_cid).to_v1()
             self.manifest_bytes = job["manifest"].encode()
             self.max_requests = int(job.get("max_requests", 1))
+            self.key_source = str(job.get("key_source", "secret-store"))
+            self.secrets_peers = [str(p) for p in job.get("secrets_peers", [])][:64]
             self.deadline = time.monotonic() + float(job.get("timeout", DEFAULT_DEADLINE))
         except (KeyError, TypeError, ValueError, AttributeError, CidError) as exc:
             raise Failure(f"malformed job: {exc!r}") from None
+        if self.key_source not in ("secret-store", "host-test-hook"):
+            raise Failure(f"malformed job: unknown key_source {self.key_source!r}")
         if len(self.nonce) != 32 or not 1 <= self.max_requests <= 1_000_000:
             raise Failure("malformed job: nonce must be 32 bytes, max_requests 1..1e6")
         self.manifest = parse_manifest(self.manifest_bytes)
@@ -253,7 +259,8 @@ class Runtime:
     def run(self) -> None:
         self.read_job()
         self.attest()
-        keys = HostTestHookKeyProvider(self.chan, REPLY_TIMEOUT)
+        keys: KeyProvider = (HostTestHookKeyProvider(self.chan, REPLY_TIMEOUT) if self.key_source == "host-test-hook"
+                             else SecretStoreKeyProvider(self.chan, ACL_TIMEOUT, self.secrets_peers))
         threading.Thread(target=self.ai_thread, args=(keys,), name="ai", daemon=True).start()
         self.loop()
 

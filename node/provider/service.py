@@ -1,0 +1,283 @@
+"""The provider role: offer, run assigned jobs in enclaves, relay consumers.
+
+For each assignment: fetch the AI object (Bitswap, from whoever provides it),
+apply the manifest rules (a questionable manifest is declined with its rule),
+start the enclave through the configured backend, forward its evidence to the
+DOS peers for a quorum ACL entry, publish that entry for the consumer, pass
+the enclave's key-share requests to the secrets peers, and splice consumer
+streams (``/ofnode/enclave/1.0.0``) onto the enclave. The provider handles
+only ciphertext: TLS runs end to end, shares are HPKE-sealed to the enclave.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+
+from enclave import host as ehost
+from enclave.backends import get_backend
+from enclave.backends.inventory import detect
+from enclave.cid import Cid
+from enclave.manifest_rules import Limits, check_manifest
+from enclave.quotes.sim_pki import SimPki
+from enclave.quotes.sim_qe import SimQuotingEnclave
+
+from ..dos import wire
+from ..dos.service import AclQuorumError, Evidence, request_acl
+from ..genesis import Genesis
+from ..identity import Identity
+from ..metrics import Metrics
+from ..p2p.envelope import SignedMessage, now_ms
+from ..p2p.gossip import Gossip
+from ..p2p.streams import Libp2pStream
+from ..market import messages as m
+from ..market.election import matches
+from ..secrets.service import request_shares
+from ..store.ai_publish import read_manifest
+from ..store.service import StoreService
+from .relay import splice
+
+log = logging.getLogger("ofnode.provider")
+
+ENCLAVE_PROTOCOL = "/ofnode/enclave/1.0.0"
+ATTESTED = "market.attested"
+DECLINE = "market.decline"
+
+
+@dataclass
+class ActiveJob:
+    req: m.ExecutionRequest
+    consumer: str
+    attempt: int
+    session: ehost.EnclaveSession | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str = ""
+
+
+class ProviderService:
+    def __init__(self, *, identity: Identity, genesis: Genesis, gossip: Gossip, host: Any, store: StoreService,
+                 exchange: Any, metrics: Metrics, backend: str = "sim", max_enclaves: int = 0, price: int = 1,
+                 observe_relay: Callable[[str, bytes], None] | None = None) -> None:
+        self.identity, self.genesis, self.gossip, self.host = identity, genesis, gossip, host
+        self.store, self.exchange, self.metrics = store, exchange, metrics
+        self.backend_name, self.price = backend, price
+        self.inventory = detect()
+        self.capacity = max_enclaves or max(1, self.inventory.cores)
+        self.requests: dict[str, tuple[m.ExecutionRequest, str]] = {}
+        self.jobs: dict[str, ActiveJob] = {}
+        self.observe_relay = observe_relay
+        self._qe: SimQuotingEnclave | None = None
+        self._nursery: trio.Nursery | None = None
+        metrics.declare("ofnode_provider_declined_total", "counter", "Requests this provider did not offer for, by reason.")
+        metrics.declare("ofnode_provider_jobs_total", "counter", "Assigned jobs, by outcome.")
+        gossip.on(m.REQUEST, self._on_request)
+        gossip.on(m.ASSIGNMENT, self._on_assignment)
+        gossip.on(m.DONE, self._on_done)
+
+    # -- what we offer -------------------------------------------------------
+    def tees(self) -> list[str]:
+        out = []
+        if self.inventory.backend_ok("sim") and self.genesis.sim_root_key:
+            out.append("sim")
+        if self.inventory.sgx.usable:
+            out.append("sgx")
+        return out
+
+    def announcement(self) -> dict[str, Any]:
+        return {"cpu": self.inventory.cores, "memory": self.inventory.memory_available_bytes, "tees": self.tees(),
+                "backends": [b.name for b in self.inventory.backends if b.ok], "capacity": self.capacity}
+
+    def _sim_qe(self) -> SimQuotingEnclave:
+        if self._qe is None:
+            pki = SimPki.load(self.genesis.sim_root_key.encode(), self.genesis.policy.sim_root_ca)
+            self._qe = SimQuotingEnclave(pki, seed=self.identity.seed)
+        return self._qe
+
+    # -- lifecycle -----------------------------------------------------------
+    async def run(self) -> None:
+        self.host.set_stream_handler(ENCLAVE_PROTOCOL, self._on_consumer_stream)
+        async with trio.open_nursery() as n:
+            self._nursery = n
+            await trio.sleep_forever()
+
+    async def _on_request(self, msg: SignedMessage) -> None:
+        try:
+            req = m.ExecutionRequest.parse(m.decode(msg.payload))
+        except m.MessageError:
+            return
+        self.requests[req.id] = (req, msg.sender)
+        if len(self.requests) > 10_000:
+            self.requests.pop(next(iter(self.requests)))
+        free = self.capacity - len(self.jobs)
+        tee = req.requirements.tee
+        backend = self.backend_name if tee == "sim" else "gramine-sgx"
+        offer = m.Offer(req.id, backend, tee, self.price, self.inventory.cores if free > 0 else 0,
+                        self.inventory.memory_available_bytes, tuple(str(a) for a in self.host.get_addrs()))
+        reason = None
+        if tee not in self.tees():
+            reason = f"no_{tee}"
+        elif free <= 0:
+            reason = "busy"
+        elif not matches(req.requirements, offer):
+            reason = "too_small" if req.requirements.max_price == 0 or req.requirements.max_price >= self.price else "price"
+        if reason:
+            self.metrics.inc("ofnode_provider_declined_total", reason=reason)
+            return
+        await self.gossip.publish(m.OFFER, m.encode(offer))
+
+    async def _on_assignment(self, msg: SignedMessage) -> None:
+        if msg.sender not in self.genesis.dos_peers:
+            return
+        try:
+            a = m.Assignment.parse(m.decode(msg.payload))
+        except m.MessageError:
+            return
+        if a.provider != self.identity.peer_id or a.request_id not in self.requests:
+            return
+        existing = self.jobs.get(a.request_id)
+        if existing and existing.attempt >= a.attempt:
+            return
+        req, consumer = self.requests[a.request_id]
+        job = self.jobs[a.request_id] = ActiveJob(req, consumer, a.attempt)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_job, job)
+
+    async def _on_done(self, msg: SignedMessage) -> None:
+        try:
+            d = m.Done.parse(m.decode(msg.payload))
+        except m.MessageError:
+            return
+        job = self.jobs.get(d.request_id)
+        if job and msg.sender == job.consumer:
+            job.done.set()
+
+    # -- one job -------------------------------------------------------------
+    async def _decline(self, job: ActiveJob, reason: str) -> None:
+        job.error = reason
+        log.info("job declined", extra={"request": job.req.id, "reason": reason})
+        self.metrics.inc("ofnode_provider_jobs_total", outcome="declined")
+        await self.gossip.publish(DECLINE, json.dumps({"request_id": job.req.id, "attempt": job.attempt,
+                                                       "reason": reason[:400]}).encode())
+
+    async def _run_job(self, job: ActiveJob) -> None:
+        req = job.req
+        t0 = time.monotonic()
+        try:
+            with trio.fail_after(max(5.0, (req.deadline_ms - now_ms()) / 1000)):
+                await self._run_job_inner(job)
+        except trio.TooSlowError:
+            job.error = "deadline passed"
+        except Exception as e:  # one failed job must not take the provider down
+            log.exception("job failed", extra={"request": req.id})
+            job.error = f"{type(e).__name__}: {e}"
+        finally:
+            job.done.set()
+            job.ready.set()
+            self.jobs.pop(req.id, None)
+            self.metrics.inc("ofnode_provider_jobs_total", outcome="error" if job.error else "ok")
+            log.info("job ended", extra={"request": req.id, "seconds": round(time.monotonic() - t0, 3),
+                                         "error": job.error})
+
+    async def _run_job_inner(self, job: ActiveJob) -> None:
+        req = job.req
+        root = Cid.decode(req.ai_cid)
+        blocks = self.store.blocks
+        try:
+            raw, manifest = await trio.to_thread.run_sync(read_manifest, root, blocks)
+            local = True
+        except Exception:
+            local = False
+        if not local:
+            await self.exchange.fetch_dag(root)
+            raw, manifest = await trio.to_thread.run_sync(read_manifest, root, blocks)
+        refusals = check_manifest(
+            manifest,
+            Limits(cpu=self.inventory.cores, memory=self.inventory.memory_available_bytes),
+            Limits(cpu=req.requirements.cpu, memory=req.requirements.memory),
+        )
+        if refusals:
+            await self._decline(job, "; ".join(f"{r.rule}: {r.reason}" for r in refusals))
+            return
+        quote_fn = ehost.sim_quote_fn(self._sim_qe(), raw)
+        backend = get_backend(self.backend_name)
+        launcher = ehost.backend_launcher(backend, memory_bytes=max(manifest.resources.memory, 256 << 20),
+                                          threads=manifest.resources.cpu)
+
+        async def ai_chunks():
+            from ..store.unixfs import iter_file_blocks
+
+            it = iter_file_blocks(root, blocks.get)
+            while True:
+                chunk = await trio.to_thread.run_sync(next, it, None)
+                if chunk is None:
+                    return
+                yield chunk
+
+        ejob = ehost.Job(req.id, bytes.fromhex(req.nonce), req.ai_cid, raw.decode(), max_requests=1,
+                         secrets_peers=list(self.genesis.secrets_peers), key_source="secret-store")
+
+        async def share_fn(request: dict[str, Any]) -> list[dict[str, Any]]:
+            got = await request_shares(self.host, self.genesis, request)
+            return list(got.answers.values())
+
+        async with ehost.open_enclave(ejob, quote_fn=quote_fn, ai=ai_chunks, launcher=launcher,
+                                      share_fn=share_fn) as session:
+            job.session = session
+            ev = session.evidence
+            assert ev is not None
+            spki = _cert_spki(ev.cert_der)
+            evidence = Evidence(request_id=req.id, ai_cid=req.ai_cid, consumer=job.consumer, nonce=req.nonce,
+                                quote=ev.quote, enclave_key_spki=spki, not_after=int(time.time()) + 600)
+            try:
+                grant = await request_acl(self.host, self.genesis, evidence)
+            except AclQuorumError as e:
+                await self._decline(job, str(e))
+                return
+            session.grant_acl(grant.to_dict())
+            await self.gossip.publish(ATTESTED, json.dumps({
+                "request_id": req.id, "attempt": job.attempt, "provider": self.identity.peer_id,
+                "cert_sha256": hashlib.sha256(ev.cert_der).hexdigest(), **grant.to_dict(),
+            }).encode())
+            job.ready.set()
+            with trio.move_on_after(max(1.0, (req.deadline_ms - now_ms()) / 1000)):
+                await job.done.wait()
+
+    # -- consumer streams ----------------------------------------------------
+    async def _on_consumer_stream(self, stream: Any) -> None:
+        s = Libp2pStream(stream)
+        try:
+            with trio.fail_after(10):
+                hello = await wire.read_message(stream, 4096)
+                rid = wire.get_str(hello, "request_id", max_len=64)
+                job = self.jobs.get(rid)
+                if job is None or job.consumer != stream.muxed_conn.peer_id.to_base58():
+                    await wire.write_message(stream, {"ok": False, "error": "no such job for you here"}, 4096)
+                    await s.aclose()
+                    return
+                await job.ready.wait()
+                if job.session is None or job.error:
+                    await wire.write_message(stream, {"ok": False, "error": job.error or "enclave not running"}, 4096)
+                    await s.aclose()
+                    return
+                enclave_stream = await job.session.open_stream()
+                await wire.write_message(stream, {"ok": True}, 4096)
+        except (trio.TooSlowError, wire.WireError, ehost.EnclaveError, trio.BrokenResourceError) as e:
+            log.info("consumer stream refused", extra={"error": str(e)[:200]})
+            await s.aclose()
+            return
+        await splice(s, enclave_stream, observe=self.observe_relay)
+
+
+def _cert_spki(cert_der: bytes) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_der_x509_certificate(cert_der)
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
