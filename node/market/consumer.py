@@ -1,0 +1,247 @@
+"""The consumer's side of a job: request, wait for a provider and its attested
+enclave, talk TLS straight to the enclave, verify the receipt, record it.
+
+Stages (each reported as progress and kept in the job record): requested,
+assigned, attested (a DOS quorum signed the enclave's ACL entry), connected
+(TLS up, pinned to the attested certificate), running, done. If the provider
+dies after assignment, the consumer asks for the next-best offer
+(``market.retry``) and starts over from "assigned"; if nobody can serve the
+request, the coordinator's reason ends the job at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from typing import Any, Awaitable, Callable
+
+import trio
+from libp2p.peer.id import ID
+
+from enclave import ratls_verify
+from enclave.quotes.sim_pki import SimPki
+from enclave.quotes.sim_qe import SimQuotingEnclave
+
+from ..dos import wire
+from ..dos.acl import AclEntry, AclError, AclSignature, verify_quorum
+from ..genesis import Genesis
+from ..identity import Identity
+from ..p2p.envelope import SignedMessage, now_ms
+from ..p2p.gossip import Gossip
+from ..p2p.streams import Libp2pStream
+from . import messages as m
+from .jobs import JobRecord, JobStore
+
+log = logging.getLogger("ofnode.consumer")
+
+ATTESTED = "market.attested"
+DECLINE = "market.decline"
+ENCLAVE_PROTOCOL = "/ofnode/enclave/1.0.0"
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class JobFailed(Exception):
+    """The job ended without a result; the message says why."""
+
+
+class _Watch:
+    """Everything the network says about one request, as events."""
+
+    def __init__(self) -> None:
+        self.assignments: dict[int, m.Assignment] = {}
+        self.attested: dict[tuple[int, str], dict[str, Any]] = {}
+        self.declined: dict[tuple[int, str], str] = {}
+        self.failed: str | None = None
+        self.changed = trio.Event()
+
+    def poke(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class Consumer:
+    def __init__(self, *, identity: Identity, genesis: Genesis, gossip: Gossip, host: Any, jobs: JobStore) -> None:
+        self.identity, self.genesis, self.gossip, self.host, self.jobs = identity, genesis, gossip, host, jobs
+        self._watches: dict[str, _Watch] = {}
+        self._collateral: Any = None
+        gossip.on(m.ASSIGNMENT, self._on_assignment)
+        gossip.on(m.FAILED, self._on_failed)
+        gossip.on(ATTESTED, self._on_attested)
+        gossip.on(DECLINE, self._on_decline)
+
+    # -- gossip --------------------------------------------------------------
+    async def _on_assignment(self, msg: SignedMessage) -> None:
+        if msg.sender not in self.genesis.dos_peers:
+            return
+        try:
+            a = m.Assignment.parse(m.decode(msg.payload))
+        except m.MessageError:
+            return
+        w = self._watches.get(a.request_id)
+        if w and a.attempt not in w.assignments:
+            w.assignments[a.attempt] = a
+            w.poke()
+
+    async def _on_failed(self, msg: SignedMessage) -> None:
+        if msg.sender not in self.genesis.dos_peers:
+            return
+        try:
+            f = m.Failed.parse(m.decode(msg.payload))
+        except m.MessageError:
+            return
+        w = self._watches.get(f.request_id)
+        if w:
+            w.failed = f.reason
+            w.poke()
+
+    async def _on_attested(self, msg: SignedMessage) -> None:
+        try:
+            d = json.loads(msg.payload)
+            w = self._watches.get(d["request_id"])
+            if w is None or not isinstance(d.get("attempt"), int) or d.get("provider") != msg.sender:
+                return
+        except (ValueError, KeyError, TypeError):
+            return
+        w.attested[(d["attempt"], msg.sender)] = d
+        w.poke()
+
+    async def _on_decline(self, msg: SignedMessage) -> None:
+        try:
+            d = json.loads(msg.payload)
+            w = self._watches.get(d["request_id"])
+            if w is None:
+                return
+            w.declined[(int(d["attempt"]), msg.sender)] = str(d.get("reason", ""))[:400]
+        except (ValueError, KeyError, TypeError):
+            return
+        w.poke()
+
+    # -- the job ------------------------------------------------------------
+    async def submit(self, ai_cid: str, data: bytes, req: m.Requirements, *, progress: Progress | None = None,
+                     deadline_s: float = 120.0, bidding_ms: int = 300) -> JobRecord:
+        request = m.ExecutionRequest(id=os.urandom(16).hex(), ai_cid=ai_cid, requirements=req,
+                                     nonce=os.urandom(32).hex(), deadline_ms=now_ms() + int(deadline_s * 1000),
+                                     bidding_ms=bidding_ms)
+        job = JobRecord(id=request.id, ai_cid=ai_cid, requirements=asdict(req),
+                        input_sha256=hashlib.sha256(data).hexdigest())
+        job.mark("requested")
+        self.jobs.save(job)
+        w = self._watches[request.id] = _Watch()
+
+        async def stage(name: str, **extra: Any) -> None:
+            job.mark(name)
+            self.jobs.save(job)
+            log.info("job stage", extra={"job": job.id, "stage": name, **{k: str(v) for k, v in extra.items()}})
+            if progress:
+                await progress({"stage": name, "job": job.id, "seconds": job.stages[name], **extra})
+
+        try:
+            with trio.fail_after(deadline_s):
+                await self.gossip.publish(m.REQUEST, m.encode(request))
+                await stage("requested")
+                output = await self._run(request, job, w, data, stage)
+            job.output_sha256 = hashlib.sha256(output).hexdigest()
+            job.output_bytes = len(output)
+            job.mark("done")
+            self.jobs.save(job, output)
+            if progress:
+                await progress({"stage": "done", "job": job.id, "seconds": job.stages["done"]})
+            return job
+        except trio.TooSlowError:
+            job.error = f"no result within {deadline_s:g} s (stage: {job.state})"
+        except JobFailed as e:
+            job.error = str(e)
+        finally:
+            self._watches.pop(request.id, None)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self.gossip.publish(m.DONE, m.encode(m.Done(request.id, not job.error)))
+        job.state = "failed"
+        self.jobs.save(job)
+        raise JobFailed(job.error)
+
+    async def _run(self, request: m.ExecutionRequest, job: JobRecord, w: _Watch, data: bytes, stage) -> bytes:
+        attempt = 0
+        while True:
+            a = await self._wait(w, lambda: w.assignments.get(attempt))
+            job.provider, job.attempts = a.provider, attempt + 1
+            await stage("assigned", provider=a.provider, attempt=attempt)
+            att = await self._wait(w, lambda: w.attested.get((attempt, a.provider))
+                                   or (w.assignments.get(attempt + 1) and "reassigned")
+                                   or (w.declined.get((attempt, a.provider)) and "declined"))
+            if att == "reassigned":
+                attempt += 1
+                continue
+            if att == "declined":
+                raise JobFailed(f"provider {a.provider[-8:]} declined: {w.declined[(attempt, a.provider)]}")
+            try:
+                entry, cert_sha256 = self._check_acl(request, att)
+            except JobFailed as e:
+                log.warning("bad attestation announcement", extra={"job": job.id, "error": str(e)})
+                await self._wait(w, lambda: w.assignments.get(attempt + 1))
+                attempt += 1
+                continue
+            job.mrenclave = entry.measurement
+            await stage("attested", measurement=entry.measurement[:16])
+            try:
+                return await self._talk(request, job, a.provider, entry, cert_sha256, data, stage)
+            except (trio.BrokenResourceError, EOFError, ConnectionError, wire.WireError, OSError) as e:
+                log.info("provider lost mid-job; asking for the next offer",
+                         extra={"job": job.id, "provider": a.provider, "error": str(e)[:200]})
+                await self.gossip.publish(m.RETRY, m.encode(m.Retry(request.id, a.provider, attempt)))
+                attempt += 1
+
+    async def _wait(self, w: _Watch, get: Callable[[], Any]) -> Any:
+        while True:
+            if w.failed:
+                raise JobFailed(w.failed)
+            v = get()
+            if v:
+                return v
+            await w.changed.wait()
+
+    def _check_acl(self, request: m.ExecutionRequest, att: dict[str, Any]) -> tuple[AclEntry, str]:
+        try:
+            entry = AclEntry.from_dict(att["entry"])
+            sigs = [AclSignature.from_dict(s) for s in att["signatures"]]
+            cert_sha256 = str(att["cert_sha256"])
+        except (KeyError, TypeError, AclError) as e:
+            raise JobFailed(f"malformed attestation: {e}") from None
+        if (entry.request_id, entry.ai_cid, entry.consumer) != (request.id, request.ai_cid, self.identity.peer_id):
+            raise JobFailed("the ACL entry is for another request, AI or consumer")
+        ok, reason = verify_quorum(entry, sigs, self.genesis, time.time())
+        if not ok:
+            raise JobFailed(f"ACL entry refused: {reason}")
+        return entry, cert_sha256
+
+    def _verify_args(self, entry: AclEntry, cert_sha256: str, nonce: bytes) -> dict[str, Any]:
+        if self._collateral is None:
+            # Sim networks: the genesis' sim root makes the same collateral the DOS uses.
+            pki = SimPki.load(self.genesis.sim_root_key.encode(), self.genesis.policy.sim_root_ca)
+            self._collateral = SimQuotingEnclave(pki, seed=b"collateral").collateral()
+        return {"expected_mrenclave": bytes.fromhex(entry.measurement), "nonce": nonce,
+                "root_ca_der": self.genesis.policy.sim_root_ca, "collateral": self._collateral,
+                "expected_cert_sha256": bytes.fromhex(cert_sha256)}
+
+    async def _talk(self, request: m.ExecutionRequest, job: JobRecord, provider: str, entry: AclEntry,
+                    cert_sha256: str, data: bytes, stage) -> bytes:
+        raw = await self.host.new_stream(ID.from_base58(provider), [ENCLAVE_PROTOCOL])
+        await wire.write_message(raw, {"request_id": request.id}, 4096)
+        hello = await wire.read_message(raw, 4096)
+        if hello.get("ok") is not True:
+            raise JobFailed(f"provider refused the connection: {str(hello.get('error'))[:300]}")
+        tls, evidence = await ratls_verify.open_trio_client(
+            Libp2pStream(raw), **self._verify_args(entry, cert_sha256, bytes.fromhex(request.nonce)))
+        if hashlib.sha256(evidence.spki_der).hexdigest() != entry.enclave_key_sha256:
+            raise JobFailed("the enclave's TLS key is not the one the DOS quorum attested")
+        await stage("connected")
+        await stage("running")
+        resp = await ratls_verify.trio_request(tls, data)
+        if resp.status != "ok":
+            raise JobFailed(f"enclave error: {resp.error}")
+        job.receipt = ratls_verify.verify_receipt(resp, evidence, data, request_id=request.id)
+        with trio.move_on_after(2):
+            await tls.aclose()
+        return resp.output
