@@ -23,7 +23,6 @@ from libp2p.peer.id import ID
 
 from enclave import ratls_verify
 from enclave.quotes.sim_pki import SimPki
-from enclave.quotes.sim_qe import SimQuotingEnclave
 
 from ..dos import wire
 from ..dos.acl import AclEntry, AclError, AclSignature, verify_quorum
@@ -220,7 +219,7 @@ class Consumer:
         if self._collateral is None:
             # Sim networks: the genesis' sim root makes the same collateral the DOS uses.
             pki = SimPki.load(self.genesis.sim_root_key.encode(), self.genesis.policy.sim_root_ca)
-            self._collateral = SimQuotingEnclave(pki, seed=b"collateral").collateral()
+            self._collateral = pki.collateral()
         return {"expected_mrenclave": bytes.fromhex(entry.measurement), "nonce": nonce,
                 "root_ca_der": self.genesis.policy.sim_root_ca, "collateral": self._collateral,
                 "expected_cert_sha256": bytes.fromhex(cert_sha256)}

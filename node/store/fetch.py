@@ -457,7 +457,7 @@ class Session:
         the caller named the peers and none of them is left."""
         if self.discovering:
             self.need_peers.set()
-        elif self.connecting == 0 and (self.parked or self.to_check or self.missing_nodes or self.missing_leaves):
+        elif self.connecting == 0 and (self.parked or self.missing_nodes or self.missing_leaves):
             why = {p.id.to_base58(): p.state for p in self.peers.values()}
             missing = self.parked[0].cid if self.parked else None
             self.fail(f"none of the peers can provide the DAG"
