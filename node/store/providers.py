@@ -10,7 +10,7 @@ than once, and may return us).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable, Final, Iterable
 
 import trio
 from libp2p.peer.peerinfo import PeerInfo
@@ -41,25 +41,75 @@ async def announce(dht: Any, cid: Cid, *, timeout: float = 30.0) -> bool:
 async def find_providers(dht: Any, cid: Cid, limit: int = 20, *, timeout: float = 30.0) -> list[PeerInfo]:
     """Up to ``limit`` distinct providers of ``cid`` (never ourselves).
 
-    Addresses of one peer found in several records are merged.
+    py-libp2p's lookup answers from the local provider store alone whenever
+    it holds any record for the key, so one record learnt early hides every
+    other provider. When that gives fewer than ``limit`` peers we also ask
+    the DHT peers closest to the key, and follow the closer peers they name
+    for up to :data:`_ROUNDS` rounds. Addresses of one peer found in several
+    records are merged.
     """
     if limit <= 0:
         return []
+    key = cid.multihash
     me = dht.host.get_id()
-    found: list[PeerInfo] = []
+    merged: dict[Any, PeerInfo] = {}
+
+    def take(infos: Iterable[PeerInfo]) -> None:
+        for info in infos:
+            if info.peer_id == me:
+                continue
+            seen = merged.get(info.peer_id)
+            if seen is None:
+                merged[info.peer_id] = PeerInfo(info.peer_id, list(info.addrs))
+            else:
+                seen.addrs.extend(a for a in info.addrs if a not in seen.addrs)
+
     with trio.move_on_after(timeout):
         try:
-            # Ask for more than ``limit``: duplicates and ourselves are dropped below.
-            found = list(await dht.provider_store.find_providers(cid.multihash, limit * 2 + 1))
-        except Exception as exc:
+            # More than ``limit``: duplicates and ourselves are dropped.
+            take(await dht.provider_store.find_providers(key, limit * 2 + 1))
+        except Exception as exc:  # py-libp2p raises assorted types on network failure
             log.info("provider lookup failed", extra={"cid": str(cid), "error": str(exc)[:200]})
-    merged: dict[Any, PeerInfo] = {}
-    for info in found:
-        if info.peer_id == me:
-            continue
-        seen = merged.get(info.peer_id)
-        if seen is None:
-            merged[info.peer_id] = PeerInfo(info.peer_id, list(info.addrs))
-        else:
-            seen.addrs.extend(a for a in info.addrs if a not in seen.addrs)
+        if len(merged) < limit:
+            await _walk(dht, key, limit, take)
     return list(merged.values())[:limit]
+
+
+_ROUNDS: Final = 3
+_PER_ROUND: Final = 8
+
+
+async def _walk(dht: Any, key: bytes, limit: int, take: Callable[[Iterable[PeerInfo]], None]) -> None:
+    """Ask the closest known DHT peers for providers of ``key``, following closer peers."""
+    ask = getattr(dht.provider_store, "_get_providers_from_peer_with_closers", None)
+    if ask is None:  # pragma: no cover - another py-libp2p version
+        return
+    me = dht.host.get_id()
+    queried: set[Any] = {me}
+    candidates = [p for p in dht.routing_table.find_local_closest_peers(key, 20) if p != me]
+    found = 0
+    for _ in range(_ROUNDS):
+        batch = [p for p in candidates if p not in queried][:_PER_ROUND]
+        if not batch:
+            return
+        queried.update(batch)
+        closer: list[Any] = []
+
+        async def one(peer: Any) -> None:
+            nonlocal found
+            with trio.move_on_after(10):
+                try:
+                    providers, more = await ask(peer, key)
+                except Exception as exc:
+                    log.debug("provider query failed", extra={"peer": str(peer), "error": str(exc)[:200]})
+                    return
+                found += len(providers)
+                take(providers)
+                closer.extend(more)
+
+        async with trio.open_nursery() as nursery:
+            for peer in batch:
+                nursery.start_soon(one, peer)
+        if found >= limit * 2:
+            return
+        candidates = [p for p in dict.fromkeys(closer + candidates) if p not in queried]

@@ -1,0 +1,157 @@
+"""The Bitswap wire format: encoding, strict decoding, framing limits."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+from enclave.cid import DAG_PB, RAW, Cid, encode_uvarint
+from node.store import bitswap_pb2 as pb
+from node.store.exchange import (
+    DONT_HAVE,
+    HAVE,
+    FrameReader,
+    Limits,
+    ProtocolViolation,
+    block_prefix,
+    decode_message,
+    encode_answer,
+    encode_frame,
+    parse_prefix,
+)
+
+
+def test_descriptor_does_not_clash_with_libp2p_bitswap() -> None:
+    import libp2p.bitswap.pb.bitswap_pb2 as theirs
+
+    assert pb.DESCRIPTOR.name == "ofnode/bitswap/bitswap.proto"
+    assert theirs.DESCRIPTOR.name != pb.DESCRIPTOR.name
+    assert pb.Message.DESCRIPTOR.full_name == "ofnode.bitswap.v1.Message"
+
+
+def test_prefixes_round_trip() -> None:
+    for cid in (Cid.for_block(RAW, b"x"), Cid.for_block(DAG_PB, b"y"), Cid.for_block(DAG_PB, b"z", 0)):
+        assert parse_prefix(block_prefix(cid)) == (cid.version, cid.codec)
+    # what go-cid writes for CIDv0: version 0, dag-pb, sha2-256, 32
+    assert block_prefix(Cid.for_block(DAG_PB, b"z", 0)) == bytes((0, 0x70, 0x12, 0x20))
+
+
+@pytest.mark.parametrize("prefix", [
+    b"",
+    bytes((1, 0x55, 0x12)),                 # truncated
+    bytes((1, 0x55, 0x12, 0x20, 0)),        # trailing byte
+    bytes((1, 0x71, 0x12, 0x20)),           # dag-cbor
+    bytes((1, 0x55, 0x13, 0x40)),           # sha2-512
+    bytes((0, 0x55, 0x12, 0x20)),           # CIDv0 raw
+    bytes((2, 0x55, 0x12, 0x20)),           # version 2
+    bytes((0x81, 0x00, 0x55, 0x12, 0x20)),  # non-minimal varint
+])
+def test_bad_prefixes_are_refused(prefix: bytes) -> None:
+    with pytest.raises(ProtocolViolation):
+        parse_prefix(prefix)
+
+
+def test_encode_answer_matches_protobuf() -> None:
+    blocks = [os.urandom(n) for n in (1, 127, 128, 300_000)] + [b""]
+    cids = [Cid.for_block(RAW, b) for b in blocks]
+    pres = [(cids[0].to_bytes(), HAVE), (Cid.for_block(DAG_PB, b"q", 0).to_bytes(), DONT_HAVE)]
+    ours = encode_answer([(block_prefix(c), b) for c, b in zip(cids, blocks)], pres)
+    m = pb.Message()
+    for c, b in zip(cids, blocks):
+        m.payload.add(prefix=block_prefix(c), data=b)
+    for c, t in pres:
+        m.blockPresences.add(cid=c, type=t)
+    # same message (protobuf omits the empty data field; we write it)
+    from enclave.cid import decode_uvarint
+    n, pos = decode_uvarint(ours, 0)
+    assert n == len(ours) - pos
+    assert pb.Message.FromString(ours[pos:]) == m
+
+
+def test_decode_keeps_good_entries_and_counts_bad_ones() -> None:
+    good = Cid.for_block(RAW, b"good")
+    m = pb.Message()
+    m.wantlist.entries.add(block=good.to_bytes(), priority=5, wantType=pb.Message.Wantlist.Have, sendDontHave=True)
+    m.wantlist.entries.add(block=b"\x01\x55\x12\x20short")           # truncated digest
+    m.wantlist.entries.add(block=b"")                                 # empty
+    m.wantlist.entries.add(block=good.to_bytes(), wantType=7)         # unknown want type
+    m.wantlist.entries.add(block=good.to_bytes(), cancel=True)
+    m.payload.add(prefix=b"\x01\x71\x12\x20", data=b"cbor")           # unsupported codec
+    m.payload.add(prefix=block_prefix(good), data=b"good")
+    m.blockPresences.add(cid=b"junk", type=HAVE)
+    m.blockPresences.add(cid=good.to_bytes(), type=9)
+    m.blockPresences.add(cid=good.to_bytes(), type=DONT_HAVE)
+    m.blocks.append(b"1.0.0 block")
+    msg = decode_message(m.SerializeToString())
+    assert [(w.cid, w.priority, w.cancel, w.want_have, w.send_dont_have) for w in msg.wants] == [
+        (good, 5, False, True, True), (good, 0, True, False, False)]
+    assert msg.blocks == [(1, RAW, b"good")]
+    assert msg.presences == [(good, False)]
+    assert msg.offences == {"bad_cid": 3, "bad_entry": 2, "bad_prefix": 1, "v1_0_blocks": 1}
+
+
+def test_decode_limits() -> None:
+    lim = Limits(max_entries=3, max_message=1 << 20)
+    m = pb.Message()
+    for i in range(5):
+        m.wantlist.entries.add(block=Cid.for_block(RAW, bytes([i])).to_bytes())
+    msg = decode_message(m.SerializeToString(), lim)
+    assert len(msg.wants) == 3 and msg.offences == {"too_many_entries": 1}
+    big = pb.Message()
+    big.payload.add(prefix=block_prefix(Cid.for_block(RAW, b"")), data=bytes((2 << 20) + 1))
+    assert decode_message(big.SerializeToString(), Limits()).offences == {"oversize_block": 1}
+    with pytest.raises(ProtocolViolation):
+        decode_message(bytes(lim.max_message + 1), lim)
+    for garbage in (b"\xff\xff\xff", b"\x0a\x05ab", os.urandom(64) + b"\x07"):
+        with pytest.raises(ProtocolViolation):
+            decode_message(garbage)
+
+
+class _FakeStream:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+
+    async def read(self, n: int = -1) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if not self.chunks:
+            return b""
+        c = self.chunks.pop(0)
+        if c is None:
+            await trio.sleep_forever()
+        return c
+
+
+async def _frames(chunks: list[bytes], limits: Limits = Limits()) -> list[bytes]:
+    r = FrameReader(_FakeStream(chunks), limits)  # type: ignore[arg-type]
+    out = []
+    while (body := await r.read()) is not None:
+        out.append(body)
+    return out
+
+
+async def test_frame_reader_reassembles_split_frames() -> None:
+    a, b = b"x" * 300, b"y" * 5
+    wire = encode_uvarint(len(a)) + a + encode_uvarint(len(b)) + b + encode_uvarint(0)
+    chunks = [wire[i:i + 7] for i in range(0, len(wire), 7)]
+    assert await _frames(chunks) == [a, b, b""]
+
+
+@pytest.mark.parametrize("wire", [
+    encode_uvarint((4 << 20) + 1),            # announces more than 4 MiB
+    b"\xff" * 10,                              # varint too long
+    b"\x80\x00",                               # not minimal
+    encode_uvarint(100) + b"short",            # stream ends inside the message
+    b"\x85",                                   # stream ends inside the length
+])
+async def test_frame_reader_rejects_bad_framing(wire: bytes) -> None:
+    with pytest.raises(ProtocolViolation):
+        await _frames([wire])
+
+
+async def test_frame_reader_times_out_on_a_silent_peer() -> None:
+    with trio.fail_after(5):
+        with pytest.raises(trio.TooSlowError):
+            await _frames([b"\x05ab", None], Limits(message_timeout=0.2))  # type: ignore[list-item]
+        with pytest.raises(trio.TooSlowError):
+            await _frames([None], Limits(idle_timeout=0.2))  # type: ignore[list-item]
