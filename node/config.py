@@ -69,6 +69,9 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "log.level": lambda v: None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}",
     "log.format": lambda v: None if v in ("json", "text") else "must be json or text",
     "metrics.listen": _hostport,
+    "provider.backend": lambda v: None if v in ("sim", "docker", "gramine-sgx", "gramine-direct")
+    else "must be sim, docker, gramine-sgx or gramine-direct",
+    "provider.max_enclaves": lambda v: None if v >= 0 else "must be >= 0",
     **{
         k: _positive
         for k in (
@@ -77,6 +80,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
             "gossip.heartbeat_interval", "gossip.max_message_bytes", "gossip.max_age", "gossip.max_future",
             "gossip.peer_rate", "gossip.peer_burst", "gossip.publish_rate", "gossip.dedupe_window",
             "gossip.announce_interval", "api.max_request_bytes", "api.max_connections",
+            "market.bidding_ms", "market.grace_ms", "market.attest_s", "market.deadline_s", "provider.price",
         )
     },
 }

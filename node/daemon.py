@@ -27,7 +27,12 @@ from .metrics import Metrics, node_metrics, serve_metrics
 from .p2p.envelope import SignedMessage
 from .p2p.gossip import Gossip, Received
 from .p2p.host import P2PHost
+from .store.exchange import Exchange
 from .store.service import StoreService
+from .market import api as market_api
+from .market.consumer import Consumer
+from .market.jobs import JobStore
+from .roles import Roles
 
 log = logging.getLogger("ofnode.node")
 
@@ -74,6 +79,13 @@ class Node:
         self.api = ApiServer(config.socket_path, self.metrics, a["max_request_bytes"], a["max_connections"])
         self.store = StoreService(self.data_dir)
         self.store.register(self.api)
+        self.exchange = Exchange(self.p2p.host, self.store.blocks, self.metrics)
+        self.store.on_published = self._after_publish
+        self.roles_runner = Roles(self)
+        self.jobs = JobStore(self.data_dir)
+        self.consumer = Consumer(identity=self.identity, genesis=self.genesis, gossip=self.gossip,
+                                 host=self.p2p.host, jobs=self.jobs)
+        market_api.register(self.api, self.consumer, self.jobs, config["market"])
         self.peer_info: dict[str, dict[str, Any]] = {}
         self.metrics_url = ""
         self.started = time.time()
@@ -90,6 +102,8 @@ class Node:
         self._take_lock()
         try:
             async with self.p2p.running(), self.gossip.running(), trio.open_nursery() as nursery:
+                await nursery.start(self.exchange.run)
+                self.roles_runner.start(nursery)
                 nursery.start_soon(self.p2p.maintain_links)
                 nursery.start_soon(self._watch_signals)
                 nursery.start_soon(self._announce_loop)
@@ -141,8 +155,11 @@ class Node:
 
     # -- presence --------------------------------------------------------
     def _announcement(self) -> bytes:
-        return json.dumps({"name": self.name, "roles": list(self.config.roles), "addrs": self.p2p.addrs(),
-                           "version": ofnode_version()}).encode()
+        doc = {"name": self.name, "roles": list(self.config.roles), "addrs": self.p2p.addrs(),
+               "version": ofnode_version()}
+        if self.roles_runner.provider is not None:
+            doc["inventory"] = self.roles_runner.provider.announcement()
+        return json.dumps(doc).encode()
 
     async def _announce_loop(self) -> None:
         # Announce once the first peer is there, then periodically.
@@ -163,8 +180,41 @@ class Node:
         except (ValueError, KeyError, TypeError):
             self.metrics.inc("ofnode_gossip_rejected_total", reason="bad_payload")
             return
+        inv = a.get("inventory")
+        if isinstance(inv, dict) and "provider" in info["roles"]:
+            info["inventory"] = {
+                "cpu": int(inv.get("cpu", 0)) if isinstance(inv.get("cpu"), int) else 0,
+                "memory": int(inv.get("memory", 0)) if isinstance(inv.get("memory"), int) else 0,
+                "tees": [t for t in inv.get("tees", []) if t in ("sim", "sgx")][:2] if isinstance(inv.get("tees"), list) else [],
+                "backends": [b for b in inv.get("backends", []) if isinstance(b, str)][:8]
+                if isinstance(inv.get("backends"), list) else [],
+            }
         info["last_seen_ms"] = msg.timestamp_ms
         self.peer_info[msg.sender] = info
+
+    async def _after_publish(self, cid: str, key: bytes) -> dict[str, Any]:
+        """Announce the AI in the DHT and hand its key to the Secret Store."""
+        from enclave.cid import Cid
+
+        from .secrets.service import deposit_key
+        from .store.providers import announce
+
+        out: dict[str, Any] = {}
+        with trio.move_on_after(10):
+            try:
+                await announce(self.p2p.dht, Cid.decode(cid))
+                out["announced"] = True
+            except Exception as e:  # the DHT may be empty on a lone node
+                log.info("provider announce failed", extra={"cid": cid, "error": str(e)[:200]})
+                out["announced"] = False
+        if self.genesis.secrets_peers:
+            answers = await deposit_key(self.p2p.host, self.genesis, cid, key)
+            ok = sum(1 for a in answers.values() if a.get("ok"))
+            out["key_shares"] = {"deposited": ok, "of": len(self.genesis.secrets_peers),
+                                 "threshold": self.genesis.secrets_threshold}
+            if ok < self.genesis.secrets_threshold:
+                out["warning"] = f"only {ok} key shares deposited; {self.genesis.secrets_threshold} are needed"
+        return out
 
     # -- API -------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -24,6 +24,9 @@ from typing import Any, Callable
 
 import tomli_w
 
+from enclave.quotes.sim_pki import SimPki
+from enclave.quotes.sim_qe import DEFAULT_SIM_MRSIGNER
+
 from .api.client import ApiClient, ApiUnavailable
 from .fsutil import atomic_write, private_dir
 from .genesis import Genesis, Policy
@@ -119,14 +122,19 @@ def up(
     addrs = [f"/ip4/127.0.0.1/tcp/{ports[i]}/p2p/{idents[i].peer_id}" for i in range(nodes)]
     dos_peers = [idents[i].peer_id for i in range(nodes) if "dos" in layout.roles(i)]
     sec_peers = [idents[i].peer_id for i in range(nodes) if "secrets" in layout.roles(i)]
+    network_id = f"testnet-{pysecrets.token_hex(4)}"
+    # Simulated SGX: a root CA made for this network only; its key lives in
+    # the genesis (testnets only) so every provider can run the sim QE.
+    pki = SimPki.generate(network_id)
     genesis = Genesis(
-        network_id=f"testnet-{pysecrets.token_hex(4)}",
+        network_id=network_id,
         created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         dos_peers=tuple(dos_peers),
         dos_quorum=dos_quorum or (len(dos_peers) // 2 + 1 if dos_peers else 1),
         secrets_peers=tuple(sec_peers),
         secrets_threshold=secrets_threshold or (len(sec_peers) // 2 + 1 if sec_peers else 1),
-        policy=Policy(),
+        policy=Policy(mrsigner=(DEFAULT_SIM_MRSIGNER.hex(),), sim_root_ca=pki.root_cert_der),
+        sim_root_key=pki.root_key_pem().decode(),
     )
     genesis.save(directory / "genesis.toml")
     say(f"network {genesis.network_id}: {nodes} nodes, {len(dos_peers)} DOS (quorum {genesis.dos_quorum}), "

@@ -232,6 +232,83 @@ def cmd_ai_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+    t = text.strip().lower()
+    num = t.rstrip("kmgib")
+    unit = t[len(num):]
+    if not num.isdigit() or unit not in units:
+        raise CliError(f"--memory: {text!r} is not a size (e.g. 512MiB, 2GiB)", EXIT_USAGE)
+    return int(num) * units[unit]
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import base64
+
+    inp = Path(args.input)
+    if not inp.is_file():
+        raise CliError(f"--input: {inp}: no such file", EXIT_USAGE)
+    params = {"ai_cid": args.cid, "input_path": str(inp.resolve()), "cpu": args.cpu,
+              "memory": _parse_size(args.memory), "tee": args.tee, "backend": args.backend or "",
+              "deadline_s": args.deadline or 0}
+
+    def stage(p: dict[str, Any]) -> None:
+        if not args.json and "stage" in p and "job" in p:
+            extra = " ".join(f"{k}={v}" for k, v in p.items() if k not in ("stage", "job", "seconds"))
+            output.say(f"  {p['seconds']:7.3f} s  {p['stage']:<10} {extra}")
+
+    with _client(args, timeout=3700) as c:
+        if not args.json:
+            output.say(f"submitting to the network: AI {args.cid}")
+        r = c.call("job.submit", params, on_progress=stage)
+    out = base64.b64decode(r.pop("output_b64"))
+    if args.output:
+        Path(args.output).write_bytes(out)
+    if args.json:
+        r["output_path"] = args.output or ""
+        if not args.output:
+            r["output"] = out.decode(errors="replace")
+        output.emit_json(r)
+        return 0
+    rc = r["receipt"]
+    output.say(f"job {r['id']} done on provider {r['provider'][-12:]} in {r['stages']['done']:.3f} s "
+               f"(attempts {r['attempts']})")
+    output.say(f"verified receipt: input {rc.get('input_sha256', '')[:16]}…, output {rc.get('output_sha256', '')[:16]}…, "
+               f"enclave {r['mrenclave'][:16]}…, signed by the attested enclave key")
+    if args.output:
+        output.say(f"output written to {args.output}")
+    else:
+        sys.stdout.write(out.decode(errors="replace") + ("\n" if not out.endswith(b"\n") else ""))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    items = _call(args, "jobs.list", {"limit": args.limit})
+    if args.json:
+        output.emit_json(items)
+        return 0
+    output.table(f"{len(items)} job(s)", ["id", "state", "AI", "provider", "seconds", "error"],
+                 [(j["id"][:12], j["state"], j["ai_cid"][-10:], j["provider"][-10:],
+                   j["stages"].get("done", ""), j["error"][:60]) for j in items])
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    j = _call(args, "job.get", {"id": args.id, "output": bool(args.output)})
+    if args.output:
+        import base64
+
+        Path(args.output).write_bytes(base64.b64decode(j.pop("output_b64")))
+    if args.json:
+        output.emit_json(j)
+        return 0
+    output.kv(f"job {j['id']}", [("state", j["state"]), ("AI", j["ai_cid"]), ("provider", j["provider"]),
+                                 ("attempts", j["attempts"]), ("enclave", j["mrenclave"]), ("error", j["error"]),
+                                 ("input sha256", j["input_sha256"]), ("output sha256", j["output_sha256"]),
+                                 *((f"stage {k}", f"{v:.3f} s") for k, v in j["stages"].items())])
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     s = _call(args, "node.status")
     if args.json:
@@ -399,6 +476,24 @@ def build_parser() -> argparse.ArgumentParser:
     s = a.add_parser("inspect", parents=[common], help="show the public manifest of an AI")
     s.add_argument("cid")
     s.set_defaults(fn=cmd_ai_inspect)
+
+    s = sub.add_parser("submit", parents=[common], help="run an AI on your input in an attested enclave")
+    s.add_argument("cid", metavar="AI_CID")
+    s.add_argument("--input", required=True, metavar="FILE", help="the input (sent only to the attested enclave, over TLS)")
+    s.add_argument("-o", "--output", metavar="FILE", help="write the output here (default: print it)")
+    s.add_argument("--cpu", type=int, default=1, help="cores needed (default 1)")
+    s.add_argument("--memory", default="512MiB", help="memory needed (default 512MiB)")
+    s.add_argument("--tee", choices=["sim", "sgx"], default="sim", help="enclave kind (default sim)")
+    s.add_argument("--backend", choices=["sim", "docker", "gramine-sgx", "gramine-direct"], help="require this backend")
+    s.add_argument("--deadline", type=float, metavar="SECONDS", help="give up after this long")
+    s.set_defaults(fn=cmd_submit)
+    s = sub.add_parser("jobs", parents=[common], help="this node's job history")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(fn=cmd_jobs)
+    s = sub.add_parser("job", parents=[common], help="one job: stages, timings, receipt")
+    s.add_argument("id")
+    s.add_argument("-o", "--output", metavar="FILE", help="also write the job's output here")
+    s.set_defaults(fn=cmd_job)
 
     s = sub.add_parser("status", parents=[common], help="show the running node's status")
     s.set_defaults(fn=cmd_status)

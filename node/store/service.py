@@ -20,7 +20,7 @@ from enclave.unixfs import import_stream
 from ..api.jsonrpc import INVALID_PARAMS, NODE_ERROR, RpcError
 from ..fsutil import fsync_dir
 from ..api.server import ApiServer
-from .ai_publish import publish_ai, read_manifest
+from .ai_publish import load_ai_key, publish_ai, read_manifest
 from .blockstore import Blockstore, BlockNotFound, CorruptBlock
 from .unixfs import UnixfsError, iter_file_blocks
 
@@ -67,6 +67,8 @@ class StoreService:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.blocks = Blockstore(data_dir / "store")
+        # Set by the node: announce the AI and hand its key to the Secret Store.
+        self.on_published: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None
 
     # -- operations (also used in-process by other parts of the node) -----
     def add_file(self, path: Path, on_bytes: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -165,7 +167,11 @@ class StoreService:
                 pub = await trio.to_thread.run_sync(publish_ai, d, blocks, self.data_dir, tp)
             except ManifestError as e:
                 raise RpcError(INVALID_PARAMS, f"ai.toml: {e}") from None
-            return pub.to_dict()
+            out = pub.to_dict()
+            if self.on_published is not None:
+                await progress({"stage": "depositing key shares"})
+                out.update(await self.on_published(pub.cid, load_ai_key(self.data_dir, pub.cid)))
+            return out
 
         async def ai_inspect(cid: str) -> dict[str, Any]:
             c = parse_cid(cid)

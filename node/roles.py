@@ -1,0 +1,82 @@
+"""The optional roles of a node (dos, secrets, provider), built from its config
+and the genesis, and started in the node's nursery."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .dos.acl import AclStore
+from .dos.collateral import CollateralCache, parse_collateral
+from .dos.service import AttestService, RequestInfo
+from .dos.verifier import Verifier
+from .market.coordinator import Coordinator
+from .provider.service import ProviderService
+from .secrets.service import SecretsService
+
+if TYPE_CHECKING:
+    from .daemon import Node
+
+log = logging.getLogger("ofnode.roles")
+
+
+class Roles:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        g, cfg, me = node.genesis, node.config, node.identity.peer_id
+        roles = cfg.roles
+        self.coordinator: Coordinator | None = None
+        self.attest: AttestService | None = None
+        self.secrets: SecretsService | None = None
+        self.provider: ProviderService | None = None
+        if "dos" in roles:
+            if me not in g.dos_peers:
+                log.warning("the dos role is on but the genesis does not list this peer: its signatures count for nothing")
+            cache = CollateralCache(node.data_dir / "collateral", pccs_url=cfg["dos"]["pccs_url"] or None)
+            if cfg["dos"]["collateral_file"]:
+                cache.import_collateral(cfg["dos"]["collateral_file"])
+            if g.sim_root_key:
+                from enclave.quotes.sim_pki import SimPki
+
+                pki = SimPki.load(g.sim_root_key.encode(), g.policy.sim_root_ca)
+                cache.put(parse_collateral(pki.collateral_dict()), force=True)
+            mk = cfg["market"]
+            self.coordinator = Coordinator(node.gossip, me, g.dos_peers, self._inventories,
+                                           grace_ms=mk["grace_ms"], attest_ms=int(mk["attest_s"] * 1000))
+            self.attest = AttestService(node.identity, g, Verifier(g.policy, cache), AclStore(node.data_dir / "acl"),
+                                        lookup=self._lookup, on_attested=self.coordinator.note_attested)
+        if "secrets" in roles:
+            if me not in g.secrets_peers:
+                log.warning("the secrets role is on but the genesis does not list this peer")
+            self.secrets = SecretsService.open(node.identity, g, node.data_dir)
+        if "provider" in roles:
+            pc = cfg["provider"]
+            self.provider = ProviderService(identity=node.identity, genesis=g, gossip=node.gossip, host=node.p2p.host,
+                                            store=node.store, exchange=node.exchange, metrics=node.metrics,
+                                            backend=pc["backend"], max_enclaves=pc["max_enclaves"], price=pc["price"])
+
+    def start(self, nursery: trio.Nursery) -> None:
+        host = self.node.p2p.host
+        if self.coordinator:
+            nursery.start_soon(self.coordinator.run)
+        if self.attest:
+            nursery.start_soon(self.attest.run, host)
+        if self.secrets:
+            nursery.start_soon(self.secrets.run, host)
+        if self.provider:
+            nursery.start_soon(self.provider.run)
+
+    def _inventories(self) -> dict[str, dict[str, Any]]:
+        inv = {p: i["inventory"] for p, i in self.node.peer_info.items() if "inventory" in i}
+        if self.provider:
+            inv[self.node.identity.peer_id] = self.provider.announcement()
+        return inv
+
+    def _lookup(self, request_id: str) -> RequestInfo | None:
+        assert self.coordinator is not None
+        st = self.coordinator.requests.get(request_id)
+        if st is None:
+            return None
+        return RequestInfo(nonce=bytes.fromhex(st.req.nonce), ai_cid=st.req.ai_cid, consumer=st.consumer,
+                           provider=st.assignment.provider if st.assignment else None)
