@@ -42,9 +42,11 @@ class Roles:
                 pki = SimPki.load(g.sim_root_key.encode(), g.policy.sim_root_ca)
                 cache.put(parse_collateral(pki.collateral_dict()), force=True)
             mk = cfg["market"]
+            acl = AclStore(node.data_dir / "acl")
             self.coordinator = Coordinator(node.gossip, me, g.dos_peers, self._inventories,
-                                           grace_ms=mk["grace_ms"], attest_ms=int(mk["attest_s"] * 1000))
-            self.attest = AttestService(node.identity, g, Verifier(g.policy, cache), AclStore(node.data_dir / "acl"),
+                                           grace_ms=mk["grace_ms"], attest_ms=int(mk["attest_s"] * 1000),
+                                           on_reassign=acl.release)
+            self.attest = AttestService(node.identity, g, Verifier(g.policy, cache), acl,
                                         lookup=self._lookup, on_attested=self.coordinator.note_attested)
         if "secrets" in roles:
             if me not in g.secrets_peers:

@@ -254,7 +254,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     def stage(p: dict[str, Any]) -> None:
         if not args.json and "stage" in p and "job" in p:
-            extra = " ".join(f"{k}={v}" for k, v in p.items() if k not in ("stage", "job", "seconds"))
+            extra = " ".join(f"{k}={v}" for k, v in p.items() if k not in ("stage", "job", "seconds", "id"))
             output.say(f"  {p['seconds']:7.3f} s  {p['stage']:<10} {extra}")
 
     with _client(args, timeout=3700) as c:

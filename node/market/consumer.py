@@ -36,8 +36,6 @@ from .jobs import JobRecord, JobStore
 
 log = logging.getLogger("ofnode.consumer")
 
-ATTESTED = "market.attested"
-DECLINE = "market.decline"
 ENCLAVE_PROTOCOL = "/ofnode/enclave/1.0.0"
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -54,6 +52,7 @@ class _Watch:
         self.attested: dict[tuple[int, str], dict[str, Any]] = {}
         self.declined: dict[tuple[int, str], str] = {}
         self.failed: str | None = None
+        self.last_decline = ""
         self.changed = trio.Event()
 
     def poke(self) -> None:
@@ -68,8 +67,8 @@ class Consumer:
         self._collateral: Any = None
         gossip.on(m.ASSIGNMENT, self._on_assignment)
         gossip.on(m.FAILED, self._on_failed)
-        gossip.on(ATTESTED, self._on_attested)
-        gossip.on(DECLINE, self._on_decline)
+        gossip.on(m.ATTESTED, self._on_attested)
+        gossip.on(m.DECLINE, self._on_decline)
 
     # -- gossip --------------------------------------------------------------
     async def _on_assignment(self, msg: SignedMessage) -> None:
@@ -170,11 +169,16 @@ class Consumer:
             att = await self._wait(w, lambda: w.attested.get((attempt, a.provider))
                                    or (w.assignments.get(attempt + 1) and "reassigned")
                                    or (w.declined.get((attempt, a.provider)) and "declined"))
+            if att == "declined":
+                reason = w.declined[(attempt, a.provider)]
+                log.info("provider declined; waiting for the next offer",
+                         extra={"job": job.id, "provider": a.provider, "reason": reason})
+                w.last_decline = f"provider {a.provider[-8:]} declined: {reason}"
+                await self._wait(w, lambda: w.assignments.get(attempt + 1))
+                att = "reassigned"
             if att == "reassigned":
                 attempt += 1
                 continue
-            if att == "declined":
-                raise JobFailed(f"provider {a.provider[-8:]} declined: {w.declined[(attempt, a.provider)]}")
             try:
                 entry, cert_sha256 = self._check_acl(request, att)
             except JobFailed as e:
@@ -195,7 +199,7 @@ class Consumer:
     async def _wait(self, w: _Watch, get: Callable[[], Any]) -> Any:
         while True:
             if w.failed:
-                raise JobFailed(w.failed)
+                raise JobFailed(w.failed + (f" (last: {w.last_decline})" if w.last_decline else ""))
             v = get()
             if v:
                 return v

@@ -42,11 +42,13 @@ class _State:
 
 class Coordinator:
     def __init__(self, gossip: Gossip, my_id: str, dos_peers: tuple[str, ...], inventories: Callable[[], dict[str, dict]],
-                 *, grace_ms: int = 1000, attest_ms: int = 30_000, max_requests: int = 10_000) -> None:
+                 *, grace_ms: int = 1000, attest_ms: int = 30_000, max_requests: int = 10_000,
+                 on_reassign: Callable[[str], None] | None = None) -> None:
         self.gossip, self.my_id, self.dos_peers = gossip, my_id, dos_peers
         self.inventories = inventories
         self.grace_ms, self.attest_ms, self.max_requests = grace_ms, attest_ms, max_requests
         self.requests: dict[str, _State] = {}
+        self.on_reassign = on_reassign  # frees the request's ACL slot for the next provider's enclave
         self._nursery: trio.Nursery | None = None
         gossip.on(m.REQUEST, self._on_request)
         gossip.on(m.OFFER, self._on_offer)
@@ -54,6 +56,7 @@ class Coordinator:
         gossip.on(m.RETRY, self._on_retry)
         gossip.on(m.DONE, self._on_done)
         gossip.on(m.FAILED, self._on_failed)
+        gossip.on(m.DECLINE, self._on_decline)
 
     async def run(self) -> None:
         async with trio.open_nursery() as n:
@@ -100,6 +103,8 @@ class Coordinator:
         if st is None:
             return
         if st.assignment is None or a.attempt > st.assignment.attempt:
+            if a.attempt > 0 and self.on_reassign:
+                self.on_reassign(a.request_id)
             st.assignment = a
         st.seen(a.attempt).set()
 
@@ -115,6 +120,20 @@ class Coordinator:
             excluded = (*st.assignment.excluded, r.failed_provider)
             if self._nursery:
                 self._nursery.start_soon(self._coordinate, st, r.attempt + 1, excluded)
+
+    async def _on_decline(self, msg: SignedMessage) -> None:
+        """The assigned provider gave up (manifest refused, enclave failed): next offer now."""
+        try:
+            d = m.Decline.parse(m.decode(msg.payload))
+        except m.MessageError:
+            return
+        st = self.requests.get(d.request_id)
+        a = st.assignment if st else None
+        if st is None or a is None or st.finished or a.provider != msg.sender or a.attempt != d.attempt:
+            return
+        log.info("provider declined", extra={"request": d.request_id, "provider": msg.sender, "reason": d.reason})
+        if self._nursery:
+            self._nursery.start_soon(self._coordinate, st, a.attempt + 1, (*a.excluded, a.provider))
 
     async def _on_done(self, msg: SignedMessage) -> None:
         try:
@@ -157,6 +176,8 @@ class Coordinator:
             log.info("request unmatched", extra={"request": st.req.id, "reason": reason})
             await self.gossip.publish(m.FAILED, m.encode(m.Failed(st.req.id, reason)))
             return
+        if attempt > 0 and self.on_reassign:
+            self.on_reassign(st.req.id)
         a = m.Assignment(st.req.id, provider, attempt, now_ms() + self.attest_ms, excluded)
         st.assignment = a
         st.seen(attempt).set()

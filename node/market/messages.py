@@ -19,6 +19,8 @@ OFFER = "market.offer"
 ASSIGNMENT = "market.assignment"
 FAILED = "market.failed"
 RETRY = "market.retry"
+DECLINE = "market.decline"
+ATTESTED = "market.attested"
 DONE = "market.done"
 
 TEES = ("sim", "sgx")
@@ -213,3 +215,18 @@ class Done:
     def parse(cls, d: dict[str, Any]) -> "Done":
         _only(d, {"request_id", "ok"}, "done")
         return cls(request_id=_hex(d, "request_id", 16), ok=_get(d, "ok", bool))
+
+
+@dataclass(frozen=True)
+class Decline:
+    """The assigned provider gives the job back, with its reason."""
+
+    request_id: str
+    attempt: int
+    reason: str
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> "Decline":
+        _only(d, {"request_id", "attempt", "reason"}, "decline")
+        return cls(request_id=_hex(d, "request_id", 16), attempt=_uint(d, "attempt", 64),
+                   reason=_get(d, "reason", str)[:500])

@@ -45,8 +45,6 @@ from .relay import splice
 log = logging.getLogger("ofnode.provider")
 
 ENCLAVE_PROTOCOL = "/ofnode/enclave/1.0.0"
-ATTESTED = "market.attested"
-DECLINE = "market.decline"
 
 
 @dataclass
@@ -162,8 +160,7 @@ class ProviderService:
         job.error = reason
         log.info("job declined", extra={"request": job.req.id, "reason": reason})
         self.metrics.inc("ofnode_provider_jobs_total", outcome="declined")
-        await self.gossip.publish(DECLINE, json.dumps({"request_id": job.req.id, "attempt": job.attempt,
-                                                       "reason": reason[:400]}).encode())
+        await self.gossip.publish(m.DECLINE, m.encode(m.Decline(job.req.id, job.attempt, reason[:400])))
 
     async def _run_job(self, job: ActiveJob) -> None:
         req = job.req
@@ -175,6 +172,9 @@ class ProviderService:
             job.error = "deadline passed"
         except Exception as e:  # one failed job must not take the provider down
             log.exception("job failed", extra={"request": req.id})
+            if not job.ready.is_set():  # before attestation: let the coordinator reassign now
+                with trio.move_on_after(2):
+                    await self._decline(job, f"{type(e).__name__}: {e}")
             job.error = f"{type(e).__name__}: {e}"
         finally:
             job.done.set()
@@ -232,7 +232,7 @@ class ProviderService:
             ev = session.evidence
             assert ev is not None
             spki = _cert_spki(ev.cert_der)
-            evidence = Evidence(request_id=req.id, ai_cid=req.ai_cid, consumer=job.consumer, nonce=req.nonce,
+            evidence = Evidence(request_id=req.id, ai_cid=req.ai_cid, consumer=job.consumer, nonce=bytes.fromhex(req.nonce),
                                 quote=ev.quote, enclave_key_spki=spki, not_after=int(time.time()) + 600)
             try:
                 grant = await request_acl(self.host, self.genesis, evidence)
@@ -240,7 +240,7 @@ class ProviderService:
                 await self._decline(job, str(e))
                 return
             session.grant_acl(grant.to_dict())
-            await self.gossip.publish(ATTESTED, json.dumps({
+            await self.gossip.publish(m.ATTESTED, json.dumps({
                 "request_id": req.id, "attempt": job.attempt, "provider": self.identity.peer_id,
                 "cert_sha256": hashlib.sha256(ev.cert_der).hexdigest(), **grant.to_dict(),
             }).encode())
