@@ -1,0 +1,216 @@
+"""Block exchange throughput on loopback: Bitswap fetch vs a plain libp2p stream.
+
+    .venv/bin/python bench/fetch_figures.py [--size 256] [--runs 3] [--peers 3] [--window 64] [--inprocess]
+
+One file of ``--size`` MiB (random bytes, 256 KiB chunks) is imported into a
+blockstore that every server opens. Then, ``--runs`` times each:
+
+* stream: one server writes ``--size`` MiB on one libp2p stream (Noise +
+  yamux, 1 MiB writes) and the client reads it: the ceiling of the transport.
+* fetch x1: the client fetches the whole DAG from one server into an empty
+  blockstore (each block hashed, written with fsync, the tree walked).
+* fetch xN: the same from ``--peers`` servers at once.
+
+By default every server runs in its own OS process (``--serve`` mode of this
+script) and the client in this one: py-libp2p is CPU-bound (Noise, yamux
+framing) and holds the GIL, so hosts in one process share one core and
+several peers cannot be faster than one. ``--inprocess`` runs them all in
+this process for comparison. Prints MB/s (10^6 bytes per second), medians
+and every run.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import multiaddr  # noqa: E402
+import trio  # noqa: E402
+from libp2p.custom_types import TProtocol  # noqa: E402
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr  # noqa: E402
+
+from enclave.cid import Cid  # noqa: E402
+from node.identity import Identity  # noqa: E402
+from node.metrics import node_metrics  # noqa: E402
+from node.p2p.host import P2PHost  # noqa: E402
+from node.store.blockstore import Blockstore  # noqa: E402
+from node.store.exchange import Exchange  # noqa: E402
+from node.store.unixfs import import_stream  # noqa: E402
+
+STREAM_PROTO = TProtocol("/ofnode-bench/stream/1")
+CHUNK = 1 << 20
+MiB = 1 << 20
+
+
+def quiet() -> None:
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    logging.getLogger("ofnode").setLevel(logging.ERROR)
+
+
+@asynccontextmanager
+async def serving(store_dir: Path) -> AsyncIterator[P2PHost]:
+    """A host that serves Bitswap from ``store_dir`` and the stream protocol."""
+    p2p = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[], metrics=node_metrics())
+    payload = random.Random(7).randbytes(CHUNK)
+
+    async def stream_handler(stream) -> None:
+        try:
+            want = b""
+            while len(want) < 8:
+                want += await stream.read(8 - len(want))
+            left = int.from_bytes(want, "big")
+            while left > 0:
+                await stream.write(payload[: min(left, CHUNK)])
+                left -= CHUNK
+            await stream.close()
+        except Exception:
+            await stream.reset()
+
+    async with p2p.running():
+        p2p.host.set_stream_handler(STREAM_PROTO, stream_handler)
+        x = Exchange(p2p.host, Blockstore(store_dir), p2p.metrics)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(x.run)
+            yield p2p
+            nursery.cancel_scope.cancel()
+
+
+def p2p_addr(p2p: P2PHost) -> str:
+    return f"{p2p.host.get_addrs()[0]}/p2p/{p2p.host.get_id().to_base58()}"
+
+
+async def serve_forever(store_dir: str) -> None:
+    """``--serve``: print our address, serve until stdin closes."""
+    quiet()
+    async with serving(Path(store_dir)) as p2p:
+        print(p2p_addr(p2p), flush=True)
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        while await stdin.receive_some(1024):
+            pass
+
+
+@asynccontextmanager
+async def server_processes(store_dir: Path, n: int) -> AsyncIterator[list[str]]:
+    procs = [subprocess.Popen([sys.executable, __file__, "--serve", str(store_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        addrs = [await trio.to_thread.run_sync(p.stdout.readline) for p in procs]  # type: ignore[union-attr]
+        if not all(addrs):
+            raise RuntimeError("a server process failed to start")
+        yield [a.decode().strip() for a in addrs]
+    finally:
+        for p in procs:
+            p.stdin.close()  # type: ignore[union-attr]
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@asynccontextmanager
+async def server_tasks(store_dir: Path, n: int) -> AsyncIterator[list[str]]:
+    async with AsyncExitStack() as stack:
+        hosts = [await stack.enter_async_context(serving(store_dir)) for _ in range(n)]
+        yield [p2p_addr(h) for h in hosts]
+
+
+async def stream_rate(p2p: P2PHost, info: PeerInfo, size: int) -> float:
+    stream = await p2p.host.new_stream(info.peer_id, [STREAM_PROTO])
+    t0 = time.perf_counter()
+    await stream.write(size.to_bytes(8, "big"))
+    got = 0
+    while got < size:
+        data = await stream.read(4 * MiB)
+        if not data:
+            raise RuntimeError(f"stream ended after {got} of {size} bytes")
+        got += len(data)
+    dt = time.perf_counter() - t0
+    await stream.close()
+    return size / dt / 1e6
+
+
+async def fetch_rate(x: Exchange, root: Cid, infos: list[PeerInfo], window: int) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    result = await x.fetch_dag(root, [i.peer_id for i in infos], window=window)
+    dt = time.perf_counter() - t0
+    split = "/".join(str(s.blocks) for s in result.peers.values())
+    if os.environ.get("BENCH_DEBUG"):
+        print(result, file=sys.stderr)
+    return result.bytes_fetched / dt / 1e6, split
+
+
+async def run(args: argparse.Namespace) -> None:
+    quiet()
+    work = Path(tempfile.mkdtemp(prefix="fetch-bench-", dir=args.dir))
+    try:
+        src = work / "source"
+        rng = random.Random(1)
+        data = b"".join(rng.randbytes(MiB) for _ in range(args.size))
+        res = import_stream(io.BytesIO(data), Blockstore(src).put)
+        del data
+        print(f"file {args.size} MiB, {res.blocks} blocks, root {res.cid}")
+        print(f"servers {'in this process' if args.inprocess else 'one OS process each'}, "
+              f"{os.cpu_count()} CPUs, window {args.window} blocks")
+        servers = server_tasks if args.inprocess else server_processes
+        async with servers(src, args.peers) as addrs:
+            infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in addrs]
+            client = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
+                             metrics=node_metrics())
+            async with client.running():
+                for info in infos:
+                    assert await client.connect(info)
+                figures: dict[str, list[float]] = {"stream": [], "fetch x1": [], f"fetch x{args.peers}": []}
+                for run_no in range(args.runs):
+                    figures["stream"].append(await stream_rate(client, infos[0], args.size * MiB))
+                    for label, peers in (("fetch x1", infos[:1]), (f"fetch x{args.peers}", infos)):
+                        dest = work / f"client-{run_no}-{len(peers)}"
+                        x = Exchange(client.host, Blockstore(dest), client.metrics)
+                        async with trio.open_nursery() as nursery:
+                            await nursery.start(x.run)
+                            rate, split = await fetch_rate(x, res.cid, peers, args.window)
+                            nursery.cancel_scope.cancel()
+                        figures[label].append(rate)
+                        print(f"run {run_no + 1}: {label:10s} {rate:6.1f} MB/s  (blocks per peer {split})")
+                        shutil.rmtree(dest)
+                    print(f"run {run_no + 1}: {'stream':10s} {figures['stream'][-1]:6.1f} MB/s")
+        print()
+        med = {k: statistics.median(v) for k, v in figures.items()}
+        for k, v in figures.items():
+            print(f"{k:10s} median {med[k]:6.1f} MB/s   runs: {' '.join(f'{r:.1f}' for r in v)}")
+        print(f"fetch x1 / stream           {med['fetch x1'] / med['stream'] * 100:5.1f} %")
+        print(f"fetch x{args.peers} / fetch x1          {med[f'fetch x{args.peers}'] / med['fetch x1'] * 100:5.1f} %")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=256, help="MiB (default 256)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--peers", type=int, default=3)
+    ap.add_argument("--window", type=int, default=64, help="blocks in flight")
+    ap.add_argument("--inprocess", action="store_true", help="all hosts in this process")
+    ap.add_argument("--dir", default=None, help="where the stores go (default: system temp)")
+    ap.add_argument("--serve", metavar="STORE", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        trio.run(serve_forever, args.serve)
+    else:
+        trio.run(run, args)
+
+
+if __name__ == "__main__":
+    main()
