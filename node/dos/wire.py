@@ -15,17 +15,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import struct
-from typing import Any
+from typing import Any, Awaitable, Callable, Sequence
 
 import trio
 
 __all__ = [
-    "WireError", "encode_frame", "decode_body", "read_message", "write_message", "request",
+    "WireError", "encode_frame", "decode_body", "read_message", "write_message", "request", "fan_out",
     "get", "get_str", "get_int", "get_hex", "get_b64", "get_list", "only_keys", "b64", "canonical_json",
 ]
 
+log = logging.getLogger("ofnode.wire")
 _LEN = struct.Struct(">I")
 _HEX = re.compile(r"[0-9a-f]*")
 
@@ -114,26 +116,77 @@ async def request(host: Any, peer_id: str, protocol: str, msg: dict[str, Any], *
     except Exception:
         raise WireError(f"{peer_id!r} is not a peer id") from None
     stream = None
+    finished = False
+    deadline = trio.current_time() + timeout
     try:
-        with trio.fail_after(timeout):
+        # Cancelling py-libp2p 0.8.1 stream I/O midway can break the whole
+        # connection (see fan_out): the negotiation is shielded from outer
+        # cancellation and bounded by the deadline only. A timeout during the
+        # exchange itself still cancels I/O; it means the peer is not answering.
+        with trio.CancelScope(deadline=deadline, shield=True) as scope:
             try:
                 stream = await host.new_stream(pid, [protocol])
             except Exception as e:
                 raise WireError(f"cannot open {protocol} to {peer_id}: {type(e).__name__}: {str(e)[:200]}") from None
+        if scope.cancelled_caught:
+            raise trio.TooSlowError
+        with trio.fail_at(deadline):
             try:
                 await stream.write(frame)
             except Exception as e:
                 raise WireError(f"send to {peer_id} failed: {type(e).__name__}") from None
-            return await read_message(stream, max_response)
+            answer = await read_message(stream, max_response)
+            finished = True
+            return answer
     except trio.TooSlowError:
         raise WireError(f"{peer_id} did not answer within {timeout:g} s") from None
     finally:
         if stream is not None:
-            with trio.move_on_after(1):
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True  # also when the caller was cancelled
                 try:
-                    await stream.close()
+                    await (stream.close() if finished else stream.reset())
                 except Exception:
                     pass
+
+
+async def fan_out(items: Sequence[Any], fn: Callable[[Any], Awaitable[None]], *, enough: Callable[[], bool]) -> None:
+    """Run ``fn(item)`` for every item at once; return when ``enough()`` holds after
+    one finishes, or when all have finished.
+
+    Calls still running on return are *not* cancelled: they go on as trio
+    system tasks until they end by themselves (each is bounded by its own
+    timeout). py-libp2p 0.8.1 cannot cancel stream I/O safely: a write
+    cancelled after the Noise layer encrypted it desynchronises the Noise
+    nonces, the other side fails to authenticate the next frame and drops the
+    whole connection, with every stream on it. ``fn`` must not raise (errors
+    are logged and dropped).
+    """
+    items = list(items)
+    if not items:
+        return
+    send, recv = trio.open_memory_channel[None](len(items))
+
+    async def run(item: Any) -> None:
+        try:
+            await fn(item)
+        except Exception as e:  # fn is meant to catch its own errors
+            log.debug("fan_out call failed", extra={"error": f"{type(e).__name__}: {str(e)[:200]}"})
+        finally:
+            try:
+                send.send_nowait(None)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.WouldBlock):
+                pass
+
+    for item in items:
+        trio.lowlevel.spawn_system_task(run, item)
+    remaining = len(items)
+    async with recv:
+        while remaining:
+            await recv.receive()
+            remaining -= 1
+            if enough():
+                return
 
 
 # -- fields -----------------------------------------------------------------

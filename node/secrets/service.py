@@ -275,7 +275,6 @@ async def request_shares(host: Any, genesis: Genesis, request: dict[str, Any], *
     want = genesis.secrets_threshold if want is None else want
     answers: dict[str, dict[str, Any]] = {}
     refusals: dict[str, str] = {}
-    done = trio.Event()
 
     async def ask(peer: str) -> None:
         try:
@@ -286,21 +285,12 @@ async def request_shares(host: Any, genesis: Genesis, request: dict[str, Any], *
             return
         if ans.get("ok") is True:
             answers[peer] = ans
-            if len(answers) >= want:
-                done.set()
         else:
             refusals[peer] = f"{ans.get('code', 'refused')}: {str(ans.get('error', ''))[:400]}"
 
-    async with trio.open_nursery() as n:
-        async def everyone() -> None:
-            async with trio.open_nursery() as inner:
-                for p in peers:
-                    inner.start_soon(ask, p)
-            done.set()
-
-        n.start_soon(everyone)
-        await done.wait()
-        n.cancel_scope.cancel()
+    # Stop waiting once ``want`` answered; the others finish in the background (see wire.fan_out).
+    await wire.fan_out(peers, ask, enough=lambda: len(answers) >= want)
+    answers, refusals = dict(answers), dict(refusals)
     return ShareAnswers(answers=answers, refusals=refusals)
 
 
