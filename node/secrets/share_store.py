@@ -38,7 +38,6 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag

@@ -5,7 +5,6 @@ import ast
 import base64
 import copy
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from node.secrets.release import Releaser
 from node.secrets.shamir import key_check, split_key
 from node.secrets.share_store import ShareStore
 
-from tests.dos.helpers import AI_CID, MRENCLAVE, OTHER_AI_CID, OTHER_MRENCLAVE, SimEnclave, make_genesis
+from tests.dos.helpers import AI_CID, OTHER_AI_CID, OTHER_MRENCLAVE, SimEnclave, make_genesis
 
 NOW = 1_800_000_000.0
 
