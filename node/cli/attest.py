@@ -17,7 +17,7 @@ the anchor is the one the collateral roots in, and the policy decides whether
 it is acceptable (``sim_root_allowed``), exactly as on a DOS peer.
 
 ``import-collateral`` validates a collateral file and stores it in the node's
-collateral cache (``<data dir>/dos/collateral/<ca>-<FMSPC>.json``), for
+collateral cache (``<data dir>/collateral/<ca>-<FMSPC>.json``), for
 networks without access to a PCCS. A running DOS node reads the cache at start.
 
 Hooked into the main CLI with ``add_attest_parser(subparsers, common)``; also
@@ -142,7 +142,7 @@ def cmd_attest_import(args: argparse.Namespace) -> int:
     from ..dos.collateral import CollateralCache, CollateralError
 
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
-    cache_dir = data_dir / "dos" / "collateral"
+    cache_dir = data_dir / "collateral"  # where node/roles.py keeps the DOS cache
     try:
         c = CollateralCache(cache_dir).import_collateral(args.file)
     except CollateralError as e:

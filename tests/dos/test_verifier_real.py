@@ -192,6 +192,6 @@ def test_cli_import_collateral(capsys, tmp_path):
     info = json.loads(capsys.readouterr().out)
     assert code == 0 and info["fmspc"] == "00A067110000" and info["ca"] == "processor"
     stored = Path(info["path"])
-    assert stored.parent == tmp_path / "dos" / "collateral"
+    assert stored.parent == tmp_path / "collateral"
     assert parse_collateral(stored.read_bytes()).doc == parse_collateral(COLLATERAL.read_bytes()).doc
     assert attest_cli.main(["attest", "import-collateral", str(tmp_path / "nope"), "--data-dir", str(tmp_path)]) == 2
