@@ -234,20 +234,9 @@ class AttestService:
             return _refuse(f"not_after {ev.not_after} is already past")
         if ev.not_after > now + self.max_ttl:
             return _refuse(f"not_after is {int(ev.not_after - now)} s ahead; at most {self.max_ttl} s allowed")
-        if self.lookup is not None:
-            info = self.lookup(ev.request_id)
-            if inspect.isawaitable(info):
-                info = await info
-            if info is None:
-                return _refuse(f"unknown request {ev.request_id}")
-            if bytes(info.nonce) != ev.nonce:
-                return _refuse("the nonce is not this request's nonce (replayed or stale evidence)")
-            if info.ai_cid != ev.ai_cid:
-                return _refuse("ai_cid is not the AI this request asked for")
-            if info.consumer != ev.consumer:
-                return _refuse("consumer is not the peer that made this request")
-            if info.provider is not None and info.provider != peer:
-                return _refuse("evidence must come from the provider assigned to this request")
+        problem = await self._lookup_problem(ev, peer)
+        if problem:
+            return _refuse(problem)
         problem = self._state_problem(ev)
         if problem:
             return _refuse(problem)
@@ -260,7 +249,10 @@ class AttestService:
                          enclave_key_sha256=ev.enclave_key_sha256, measurement=str(verdict.mrenclave),
                          consumer=ev.consumer, not_after=ev.not_after)
         async with self._lock:  # re-check under the lock: one enclave key per request
-            problem = self._state_problem(ev)
+            # The market may have moved on while the quote was verified (the job
+            # reassigned, its ACL slot released): a late answer for the old
+            # provider must not take the new provider's slot.
+            problem = await self._lookup_problem(ev, peer) or self._state_problem(ev)
             if problem:
                 return _refuse(problem)
             existing = self.store.get(ev.request_id)
@@ -277,6 +269,24 @@ class AttestService:
         log.info("attestation accepted", extra={"peer": peer, "request_id": ev.request_id, "status": verdict.status})
         return {"ok": True, "entry": entry.to_dict(), "signature": sig.to_dict(), "status": verdict.status,
                 "advisories": list(verdict.advisories)}
+
+    async def _lookup_problem(self, ev: Evidence, peer: str) -> str | None:
+        if self.lookup is None:
+            return None
+        info = self.lookup(ev.request_id)
+        if inspect.isawaitable(info):
+            info = await info
+        if info is None:
+            return f"unknown request {ev.request_id}"
+        if bytes(info.nonce) != ev.nonce:
+            return "the nonce is not this request's nonce (replayed or stale evidence)"
+        if info.ai_cid != ev.ai_cid:
+            return "ai_cid is not the AI this request asked for"
+        if info.consumer != ev.consumer:
+            return "consumer is not the peer that made this request"
+        if info.provider is not None and info.provider != peer:
+            return "evidence must come from the provider assigned to this request"
+        return None
 
     def _state_problem(self, ev: Evidence) -> str | None:
         other = self.store.request_for_nonce(ev.nonce.hex())

@@ -184,3 +184,31 @@ async def test_garbage_on_the_wire_is_refused_and_the_service_carries_on(net, pa
     enc = SimEnclave()
     rid, nonce = new_request()
     assert (await ask_one(net, 0, enc.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict()))["ok"]
+
+
+async def test_reassignment_during_verification_does_not_let_the_old_provider_in(net):
+    """The job moves to another provider while the old provider's quote is being verified:
+    the late answer must not take the ACL slot the new provider's enclave needs."""
+    old_enc, new_enc = SimEnclave(), SimEnclave()
+    rid, nonce = new_request()
+    state = {"provider": net.client.peer_id}
+    svc = net.attest[0]
+    svc.lookup = lambda r: RequestInfo(nonce=nonce, ai_cid=AI_CID, consumer=net.client.peer_id,
+                                       provider=state["provider"]) if r == rid else None
+    real_verify = svc.verifier.verify
+
+    def slow_verify(*a, **kw):
+        v = real_verify(*a, **kw)
+        state["provider"] = net.dos[2].peer_id  # reassigned meanwhile...
+        svc.store.release(rid)  # ...and the slot released (Coordinator on_reassign)
+        return v
+
+    svc.verifier.verify = slow_verify
+    ans = await svc.handle(net.client.peer_id, old_enc.evidence(request_id=rid, consumer=net.client.peer_id,
+                                                                 nonce=nonce).to_dict())
+    assert not ans["ok"] and "assigned" in ans["error"]
+    assert svc.store.get(rid) is None
+    svc.verifier.verify = real_verify
+    ans = await svc.handle(net.dos[2].peer_id, new_enc.evidence(request_id=rid, consumer=net.client.peer_id,
+                                                                 nonce=nonce).to_dict())
+    assert ans["ok"], ans
