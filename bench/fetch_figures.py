@@ -60,8 +60,19 @@ def quiet() -> None:
     logging.getLogger("ofnode").setLevel(logging.ERROR)
 
 
+class CappedExchange(Exchange):
+    """Reads blocks no faster than ``rate`` MB/s: a peer behind a slow uplink."""
+
+    rate = 0.0
+
+    def read_block(self, cid: Cid) -> bytes:
+        data = super().read_block(cid)
+        time.sleep(len(data) / (self.rate * 1e6))  # a worker thread
+        return data
+
+
 @asynccontextmanager
-async def serving(store_dir: Path) -> AsyncIterator[P2PHost]:
+async def serving(store_dir: Path, rate: float = 0.0) -> AsyncIterator[P2PHost]:
     """A host that serves Bitswap from ``store_dir`` and the stream protocol."""
     p2p = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[], metrics=node_metrics())
     payload = random.Random(7).randbytes(CHUNK)
@@ -81,7 +92,10 @@ async def serving(store_dir: Path) -> AsyncIterator[P2PHost]:
 
     async with p2p.running():
         p2p.host.set_stream_handler(STREAM_PROTO, stream_handler)
-        x = Exchange(p2p.host, Blockstore(store_dir), p2p.metrics)
+        if rate:
+            x: Exchange = type("Capped", (CappedExchange,), {"rate": rate})(p2p.host, Blockstore(store_dir), p2p.metrics)
+        else:
+            x = Exchange(p2p.host, Blockstore(store_dir), p2p.metrics)
         async with trio.open_nursery() as nursery:
             await nursery.start(x.run)
             yield p2p
@@ -92,10 +106,10 @@ def p2p_addr(p2p: P2PHost) -> str:
     return f"{p2p.host.get_addrs()[0]}/p2p/{p2p.host.get_id().to_base58()}"
 
 
-async def serve_forever(store_dir: str) -> None:
+async def serve_forever(store_dir: str, rate: float) -> None:
     """``--serve``: print our address, serve until stdin closes."""
     quiet()
-    async with serving(Path(store_dir)) as p2p:
+    async with serving(Path(store_dir), rate) as p2p:
         print(p2p_addr(p2p), flush=True)
         stdin = trio.lowlevel.FdStream(os.dup(0))
         while await stdin.receive_some(1024):
@@ -103,8 +117,9 @@ async def serve_forever(store_dir: str) -> None:
 
 
 @asynccontextmanager
-async def server_processes(store_dir: Path, n: int) -> AsyncIterator[list[str]]:
-    procs = [subprocess.Popen([sys.executable, __file__, "--serve", str(store_dir)], stdin=subprocess.PIPE,
+async def server_processes(store_dir: Path, n: int, rate: float) -> AsyncIterator[list[str]]:
+    procs = [subprocess.Popen([sys.executable, __file__, "--serve", str(store_dir), "--server-rate", str(rate)],
+                              stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(n)]
     try:
         addrs = [await trio.to_thread.run_sync(p.stdout.readline) for p in procs]  # type: ignore[union-attr]
@@ -121,9 +136,9 @@ async def server_processes(store_dir: Path, n: int) -> AsyncIterator[list[str]]:
 
 
 @asynccontextmanager
-async def server_tasks(store_dir: Path, n: int) -> AsyncIterator[list[str]]:
+async def server_tasks(store_dir: Path, n: int, rate: float) -> AsyncIterator[list[str]]:
     async with AsyncExitStack() as stack:
-        hosts = [await stack.enter_async_context(serving(store_dir)) for _ in range(n)]
+        hosts = [await stack.enter_async_context(serving(store_dir, rate)) for _ in range(n)]
         yield [p2p_addr(h) for h in hosts]
 
 
@@ -163,9 +178,10 @@ async def run(args: argparse.Namespace) -> None:
         del data
         print(f"file {args.size} MiB, {res.blocks} blocks, root {res.cid}")
         print(f"servers {'in this process' if args.inprocess else 'one OS process each'}, "
-              f"{os.cpu_count()} CPUs, window {args.window} blocks")
+              f"{os.cpu_count()} CPUs, window {args.window} blocks"
+              f"{f', answers capped at {args.server_rate:g} MB/s per server' if args.server_rate else ''}")
         servers = server_tasks if args.inprocess else server_processes
-        async with servers(src, args.peers) as addrs:
+        async with servers(src, args.peers, args.server_rate) as addrs:
             infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in addrs]
             client = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
                              metrics=node_metrics())
@@ -204,10 +220,12 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=64, help="blocks in flight")
     ap.add_argument("--inprocess", action="store_true", help="all hosts in this process")
     ap.add_argument("--dir", default=None, help="where the stores go (default: system temp)")
+    ap.add_argument("--server-rate", type=float, default=0.0,
+                    help="cap each server's Bitswap answers at this many MB/s, as an uplink would (0: no cap)")
     ap.add_argument("--serve", metavar="STORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        trio.run(serve_forever, args.serve)
+        trio.run(serve_forever, args.serve, args.server_rate)
     else:
         trio.run(run, args)
 

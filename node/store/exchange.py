@@ -29,7 +29,7 @@ import hashlib
 import heapq
 import itertools
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Iterable
 
@@ -93,6 +93,7 @@ class Limits:
     write_timeout: float = 30.0         # to write one message
     open_timeout: float = 10.0          # to open (negotiate) an outbound stream
     ban_score: int = 100                # penalty points that get a peer banned
+    score_decay: float = 1.0            # penalty points forgiven per second
     ban_seconds: float = 300.0
     remember_asked: int = 65536         # CIDs remembered per peer to tell late answers from junk
     store_threads: int = 8              # worker threads for store reads and writes
@@ -102,7 +103,7 @@ class Limits:
 
 
 # Penalty points per offence.
-PENALTY: Final = {
+PENALTY: Final = {  # reasons not listed here are counted but cost nothing
     "undecodable": 50,       # bad length prefix, oversize, truncated, not protobuf
     "bad_cid": 5,            # per bad CID in a want-list or presence
     "bad_entry": 5,          # unknown want type / presence type
@@ -156,6 +157,21 @@ def parse_prefix(prefix: bytes) -> tuple[int, int]:
                             f"{' with trailing bytes' if pos != len(prefix) else ''} is not supported")
 
 
+def cid_well_formed(data: bytes) -> bool:
+    """Whether ``data`` has the shape of a binary CID of any codec and hash
+    (CIDv0, or version 1 + codec + multihash code + digest of its length)."""
+    if len(data) == 34 and data[:2] == b"\x12\x20":
+        return True
+    try:
+        version, pos = decode_uvarint(data, 0)
+        _, pos = decode_uvarint(data, pos)      # codec
+        _, pos = decode_uvarint(data, pos)      # multihash function
+        size, pos = decode_uvarint(data, pos)   # digest length
+    except VarintError:
+        return False
+    return version == 1 and 0 < size <= 64 and len(data) == pos + size
+
+
 def encode_frame(message: pb.Message) -> bytes:
     """A message as it goes on the wire: uvarint length, then the protobuf."""
     body = message.SerializeToString()
@@ -207,6 +223,7 @@ class Inbound:
     wants: list[WantEntry] = field(default_factory=list)
     blocks: list[tuple[int, int, bytes]] = field(default_factory=list)  # (version, codec, data)
     presences: list[tuple[Cid, bool]] = field(default_factory=list)     # (cid, have)
+    unsupported: list[bytes] = field(default_factory=list)  # CIDs we cannot hold, DontHave wanted
     offences: dict[str, int] = field(default_factory=dict)
 
     def offend(self, reason: str, count: int = 1) -> None:
@@ -235,13 +252,20 @@ def decode_message(body: bytes, limits: Limits = Limits()) -> Inbound:
             out.offend("too_many_entries")
             entries = entries[: limits.max_entries]
         for e in entries:
+            if e.wantType not in (WANT_BLOCK, WANT_HAVE):
+                out.offend("bad_entry")
+                continue
             try:
                 cid = Cid.from_bytes(e.block)
             except CidError:
-                out.offend("bad_cid")
-                continue
-            if e.wantType not in (WANT_BLOCK, WANT_HAVE):
-                out.offend("bad_entry")
+                if cid_well_formed(e.block):
+                    # A CID we do not support (dag-cbor, blake3...): not an
+                    # offence; we cannot have it, so say so when asked to.
+                    out.offend("unsupported_cid")
+                    if not e.cancel and e.sendDontHave:
+                        out.unsupported.append(e.block)
+                else:
+                    out.offend("bad_cid")
                 continue
             out.wants.append(WantEntry(cid, e.priority, e.cancel, e.wantType == WANT_HAVE, e.sendDontHave))
     for b in msg.payload:
@@ -266,7 +290,7 @@ def decode_message(body: bytes, limits: Limits = Limits()) -> Inbound:
         try:
             cid = Cid.from_bytes(p.cid)
         except CidError:
-            out.offend("bad_cid")
+            out.offend("unsupported_cid" if cid_well_formed(p.cid) else "bad_cid")
             continue
         if p.type not in (HAVE, DONT_HAVE):
             out.offend("bad_entry")
@@ -276,19 +300,52 @@ def decode_message(body: bytes, limits: Limits = Limits()) -> Inbound:
 
 
 class FrameReader:
-    """Reads length-prefixed messages off a libp2p stream, with limits and timeouts."""
+    """Reads length-prefixed messages off a libp2p stream, with limits and timeouts.
+
+    Received chunks are kept as they came and each message is joined from
+    them once: one copy per byte (a growing bytearray cost three, the
+    largest single cost of a fetch after py-libp2p's own).
+    """
 
     def __init__(self, stream: INetStream, limits: Limits) -> None:
         self._stream = stream
         self._limits = limits
-        self._buf = bytearray()
+        self._chunks: deque[memoryview] = deque()
+        self._size = 0
 
     async def _fill(self) -> bool:
-        data = await self._stream.read(self._limits.max_message + 16)
+        try:
+            data = await self._stream.read(self._limits.max_message + 16)
+        except EOFError:
+            return False
         if not data:
             return False
-        self._buf += data
+        self._chunks.append(memoryview(data))
+        self._size += len(data)
         return True
+
+    def _head(self) -> bytes:
+        """The first (up to 10) buffered bytes, for the length prefix."""
+        out = b""
+        for c in self._chunks:
+            out += bytes(c[: 10 - len(out)])
+            if len(out) >= 10:
+                break
+        return out
+
+    def _take(self, n: int) -> list[memoryview]:
+        """Remove and return the first ``n`` buffered bytes (as views)."""
+        parts: list[memoryview] = []
+        while n:
+            c = self._chunks[0]
+            if len(c) <= n:
+                parts.append(self._chunks.popleft())
+                n -= len(c)
+            else:
+                parts.append(c[:n])
+                self._chunks[0] = c[n:]
+                n = 0
+        return parts
 
     async def read(self) -> bytes | None:
         """The next message body, or None at a clean end of stream.
@@ -298,40 +355,33 @@ class FrameReader:
         stream's own errors.
         """
         lim = self._limits
-        length = pos = None
         with trio.fail_after(lim.idle_timeout):
-            while length is None:
-                if self._buf:
+            while True:
+                if self._size:
+                    head = self._head()
                     try:
-                        length, pos = decode_uvarint(self._buf, 0)
+                        length, pos = decode_uvarint(head, 0)
                     except VarintError as exc:
-                        if len(self._buf) >= 9 or "truncated" not in str(exc):
+                        if len(head) >= 9 or "truncated" not in str(exc):
                             raise ProtocolViolation("undecodable", f"length prefix: {exc}") from None
                     else:
                         if length > lim.max_message:
                             raise ProtocolViolation("undecodable", f"message of {length} bytes announced")
                         break
-                try:
-                    more = await self._fill()
-                except EOFError:
-                    more = False
-                if not more:
-                    if self._buf:
+                if not await self._fill():
+                    if self._size:
                         raise ProtocolViolation("undecodable", "stream ended inside a length prefix")
                     return None
-        assert pos is not None
-        end = pos + length
         with trio.fail_after(lim.message_timeout):
-            while len(self._buf) < end:
-                try:
-                    more = await self._fill()
-                except EOFError:
-                    more = False
-                if not more:
+            while self._size < pos + length:
+                if not await self._fill():
                     raise ProtocolViolation("undecodable", "stream ended inside a message")
-        body = bytes(self._buf[pos:end])
-        del self._buf[:end]
-        return body
+        self._take(pos)
+        parts = self._take(length)
+        self._size -= pos + length
+        if len(parts) == 1 and isinstance(parts[0].obj, bytes) and len(parts[0]) == len(parts[0].obj):
+            return parts[0].obj  # the message is exactly one read: no copy at all
+        return b"".join(parts)
 
 
 # ---------------------------------------------------------------------------
@@ -355,10 +405,14 @@ class _Ledger:
         self.seq = itertools.count()
         self.changed = trio.Event()
         self.serving = False
+        self.dont_have: list[bytes] = []   # unsupported CIDs to answer DontHave for
 
     def add(self, w: _Want) -> None:
         self.wants[w.cid] = w
         heapq.heappush(self.heap, (-w.priority, next(self.seq), w))
+        if len(self.heap) > 4 * len(self.wants) + 1024:  # replaced and cancelled wants pile up
+            self.heap = [e for e in self.heap if self.wants.get(e[2].cid) is e[2]]
+            heapq.heapify(self.heap)
 
     def cancel(self, cid: Cid) -> None:
         self.wants.pop(cid, None)
@@ -424,7 +478,8 @@ class _Answer:
 
 @dataclass(slots=True)
 class _PeerRecord:
-    score: int = 0
+    score: float = 0.0
+    updated: float = 0.0
     banned_until: float = 0.0
 
 
@@ -446,10 +501,9 @@ class _Watch(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         try:
-            peer = conn.muxed_conn.peer_id
-        except AttributeError:
-            return
-        self._x._peer_disconnected(peer)
+            self._x._peer_disconnected(conn.muxed_conn.peer_id)
+        except Exception:  # never let our bookkeeping break the swarm's notifications
+            log.exception("bitswap disconnect handling failed")
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         pass
@@ -563,11 +617,14 @@ class Exchange:
         points = PENALTY.get(reason, 0) * count
         if not points:
             return
-        rec = self._records.setdefault(peer, _PeerRecord())
         now = trio.current_time()
+        rec = self._records.setdefault(peer, _PeerRecord(updated=now))
         if rec.banned_until and rec.banned_until <= now:
-            rec.score, rec.banned_until = 0, 0.0  # a served ban starts a clean slate
-        rec.score += points
+            rec.score, rec.banned_until = 0.0, 0.0  # a served ban starts a clean slate
+        # Points fade at score_decay per second: a peer that slips now and then
+        # is not banned for it, a stream of junk is.
+        rec.score = max(0.0, rec.score - (now - rec.updated) * self.limits.score_decay) + points
+        rec.updated = now
         if rec.score >= self.limits.ban_score and rec.banned_until <= now:
             rec.banned_until = now + self.limits.ban_seconds
             self.metrics.inc("ofnode_bitswap_bans_total")
@@ -691,9 +748,11 @@ class Exchange:
     def _update_ledger(self, peer: ID, msg: Inbound) -> None:
         ledger = self._ledgers.get(peer)
         if ledger is None:
-            if not any(not w.cancel for w in msg.wants):
+            if not msg.unsupported and not any(not w.cancel for w in msg.wants):
                 return
             ledger = self._ledgers[peer] = _Ledger()
+        room = self.limits.max_entries - len(ledger.dont_have)
+        ledger.dont_have.extend(msg.unsupported[:max(0, room)])
         if msg.full:
             ledger.clear()
         dropped = 0
@@ -707,21 +766,30 @@ class Exchange:
         if dropped:
             self.metrics.inc("ofnode_bitswap_offences_total", dropped, reason="wantlist_full")
         ledger.wake()
-        if ledger.wants and not ledger.serving and self._nursery is not None:
-            ledger.serving = True
+        if (ledger.wants or ledger.dont_have) and not ledger.serving:
+            self._start_serving(peer, ledger)
+
+    def _start_serving(self, peer: ID, ledger: _Ledger) -> None:
+        if self._nursery is None:
+            return
+        ledger.serving = True
+        try:
             self._nursery.start_soon(self._serve_peer, peer, ledger)
+        except RuntimeError:  # the nursery is closing: we are shutting down
+            ledger.serving = False
 
     def read_block(self, cid: Cid) -> bytes:
         """Read one block to serve (in a worker thread). Raises BlockNotFound /
         CorruptBlock. A hook: tests replace it to make a lying server."""
         return self.store.get(cid)
 
-    def _build_answer(self, wants: list[_Want]) -> "_Answer":
+    def _build_answer(self, wants: list[_Want], dont_have: list[bytes]) -> "_Answer":
         """Read the blocks for ``wants`` and encode one answer (worker thread)."""
         lim = self.limits
         a = _Answer()
         blocks: list[tuple[bytes, bytes]] = []
-        presences: list[tuple[bytes, int]] = []
+        presences: list[tuple[bytes, int]] = [(c, DONT_HAVE) for c in dont_have]
+        a.dont_haves += len(dont_have)
         for i, w in enumerate(wants):
             if w.want_have:
                 present = self.store.has(w.cid)
@@ -767,33 +835,38 @@ class Exchange:
         """Answer ``peer``'s want-list until it is empty: blocks are read and
         encoded one message ahead of the writer."""
         send, recv = trio.open_memory_channel[tuple[bytes, int, int]](1)
+        clean = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_answers, peer, recv, nursery.cancel_scope)
                 async with send:
                     while self._ledgers.get(peer) is ledger:
                         wants = ledger.take(self.limits.max_batch)
-                        if not wants:
+                        dont_have, ledger.dont_have = ledger.dont_have, []
+                        if not wants and not dont_have:
                             with trio.move_on_after(self.limits.linger):
                                 await ledger.changed.wait()
-                            if ledger.wants:
+                            if ledger.wants or ledger.dont_have:
                                 continue
                             break
-                        a = await trio.to_thread.run_sync(self._build_answer, wants, limiter=self._io_limiter)
+                        a = await trio.to_thread.run_sync(self._build_answer, wants, dont_have,
+                                                          limiter=self._io_limiter)
                         ledger.done(a.answered)
                         ledger.put_back(a.rest)
                         self._count_answer(a)
                         if a.frame is not None:
                             await send.send((a.frame, a.blocks, a.size))
+            clean = True
         except Exception:  # a bug of ours; the peer will time out and ask again
             log.exception("bitswap serving failed", extra={"peer": peer.to_base58()})
+            self._ledgers.pop(peer, None)
         finally:
             ledger.serving = False
-            if self._ledgers.get(peer) is ledger and not ledger.wants:
-                del self._ledgers[peer]
-            elif self._ledgers.get(peer) is ledger and self._nursery is not None:
-                ledger.serving = True  # wants arrived while we were closing
-                self._nursery.start_soon(self._serve_peer, peer, ledger)
+            if self._ledgers.get(peer) is ledger:
+                if not ledger.wants and not ledger.dont_have:
+                    del self._ledgers[peer]
+                elif clean:
+                    self._start_serving(peer, ledger)  # wants arrived while we were closing
 
     async def _write_answers(self, peer: ID, recv: trio.MemoryReceiveChannel[tuple[bytes, int, int]],
                              scope: trio.CancelScope) -> None:
@@ -866,7 +939,10 @@ class Exchange:
         box.wake()
         if not box.sending and box.entries and self._nursery is not None:
             box.sending = True
-            self._nursery.start_soon(self._send_wants, peer, box)
+            try:
+                self._nursery.start_soon(self._send_wants, peer, box)
+            except RuntimeError:  # the nursery is closing: we are shutting down
+                box.sending = False
 
     async def _send_wants(self, peer: ID, box: _Outbox) -> None:
         """Drain ``box`` onto one outbound stream, kept open while wants keep coming."""

@@ -219,6 +219,7 @@ class RawPeer:
     def __init__(self, node: Node, protocols=(PROTOCOL_1_2,)) -> None:
         self.node = node
         self.inbox_send, self.inbox = trio.open_memory_channel(100)
+        self.raw: list[pb.Message] = []
         for proto in (PROTOCOL_1_2, PROTOCOL_1_1):  # take over from the node's own Exchange
             node.p2p.host.remove_stream_handler(proto)
         for proto in protocols:
@@ -228,6 +229,7 @@ class RawPeer:
         reader = FrameReader(stream, Limits())
         try:
             while (body := await reader.read()) is not None:
+                self.raw.append(pb.Message.FromString(body))
                 await self.inbox_send.send(decode_message(body))
         except Exception:
             pass
@@ -332,3 +334,35 @@ async def test_corrupt_block_in_the_store_is_answered_dont_have(tmp_path):
             assert got.blocks == [] and got.presences == [(res.cid, False)]
             assert server.metrics.get("ofnode_bitswap_corrupt_local_total") == 1
             assert not server.store.has(res.cid)  # quarantined
+
+
+async def test_unsupported_cid_gets_dont_have_without_penalty(tmp_path):
+    with trio.fail_after(30):
+        async with make_nodes(tmp_path, 2) as (server, client):
+            raw = RawPeer(client)
+            await client.connect(server)
+            cbor = bytes((1, 0x71, 0x12, 0x20)) + os.urandom(32)   # a dag-cbor CID: not ours to have
+            m = pb.Message()
+            m.wantlist.entries.add(block=cbor, wantType=pb.Message.Wantlist.Have, sendDontHave=True)
+            await raw.send(server.id, frame(m))
+            await raw.inbox.receive()
+            assert [(p.cid, p.type) for p in raw.raw[0].blockPresences] == [(cbor, pb.Message.DontHave)]
+            assert server.metrics.get("ofnode_bitswap_offences_total", reason="unsupported_cid") == 1
+            assert server.metrics.get("ofnode_bitswap_offences_total", reason="bad_cid") == 0
+            assert not server.exchange.is_banned(client.id)
+
+
+async def test_penalties_fade(tmp_path):
+    with trio.fail_after(30):
+        async with make_node(tmp_path / "a") as a, make_node(tmp_path / "b") as b:
+            x = a.exchange
+            for _ in range(4):
+                x.penalise(b.id, "bad_block")        # 80 points: not yet
+            assert not x.is_banned(b.id)
+            await trio.sleep(0.5)
+            x._records[b.id].updated -= 100          # later: forgiven
+            x.penalise(b.id, "bad_block")
+            assert not x.is_banned(b.id) and x._records[b.id].score == 20
+            for _ in range(5):
+                x.penalise(b.id, "bad_block")
+            assert x.is_banned(b.id)

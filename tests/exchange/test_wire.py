@@ -16,6 +16,7 @@ from node.store.exchange import (
     ProtocolViolation,
     block_prefix,
     decode_message,
+    cid_well_formed,
     encode_answer,
     encode_frame,
     parse_prefix,
@@ -155,3 +156,20 @@ async def test_frame_reader_times_out_on_a_silent_peer() -> None:
             await _frames([b"\x05ab", None], Limits(message_timeout=0.2))  # type: ignore[list-item]
         with pytest.raises(trio.TooSlowError):
             await _frames([None], Limits(idle_timeout=0.2))  # type: ignore[list-item]
+
+
+def test_unsupported_cids_are_not_offences() -> None:
+    cbor = bytes((1, 0x71, 0x12, 0x20)) + bytes(32)           # dag-cbor, sha2-256
+    blake = bytes((1, 0x55, 0x1E, 0x20)) + bytes(32)
+    for good_shape in (cbor, blake, bytes((0x12, 0x20)) + bytes(32)):
+        assert cid_well_formed(good_shape)
+    for bad in (b"", b"\x01", cbor[:-1], cbor + b"\x00", bytes((2, 0x55, 0x12, 0x20)) + bytes(32),
+                bytes((1, 0x55, 0x12, 0x00))):
+        assert not cid_well_formed(bad)
+    m = pb.Message()
+    m.wantlist.entries.add(block=cbor, sendDontHave=True)
+    m.wantlist.entries.add(block=blake)                         # no DontHave wanted
+    m.wantlist.entries.add(block=b"\x01\x55\x12")               # malformed
+    msg = decode_message(m.SerializeToString())
+    assert msg.wants == [] and msg.unsupported == [cbor]
+    assert msg.offences == {"unsupported_cid": 2, "bad_cid": 1}
