@@ -56,7 +56,8 @@ class Roles:
             pc = cfg["provider"]
             self.provider = ProviderService(identity=node.identity, genesis=g, gossip=node.gossip, host=node.p2p.host,
                                             store=node.store, exchange=node.exchange, metrics=node.metrics,
-                                            backend=pc["backend"], max_enclaves=pc["max_enclaves"], price=pc["price"])
+                                            backend=pc["backend"], max_enclaves=pc["max_enclaves"], price=pc["price"],
+                                            relay_capture=node.data_dir / "relay-capture.json" if pc["relay_capture"] else None)
 
     def start(self, nursery: trio.Nursery) -> None:
         host = self.node.p2p.host

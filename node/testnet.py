@@ -149,6 +149,7 @@ def up(
                     "reconnect_interval": 0.5, "reconnect_max": 5.0},
             "log": {"level": log_level, "file": str(d / "node.log")},
             "metrics": {"enabled": True, "listen": "127.0.0.1:0"},
+            "provider": {"relay_capture": True},
         }
         atomic_write(d / "config.toml", tomli_w.dumps(cfg).encode(), mode=0o600)
         r, w = os.pipe()

@@ -34,6 +34,7 @@ class _State:
     assigned: dict[int, trio.Event] = field(default_factory=dict)  # attempt -> seen
     attested: set[str] = field(default_factory=set)  # providers whose enclave a DOS signed for
     attested_event: trio.Event = field(default_factory=trio.Event)
+    offered: trio.Event = field(default_factory=trio.Event)
     finished: bool = False
 
     def seen(self, attempt: int) -> trio.Event:
@@ -47,6 +48,7 @@ class Coordinator:
         self.gossip, self.my_id, self.dos_peers = gossip, my_id, dos_peers
         self.inventories = inventories
         self.grace_ms, self.attest_ms, self.max_requests = grace_ms, attest_ms, max_requests
+        self.patience = 10  # extra bidding windows granted when a matching provider is known
         self.requests: dict[str, _State] = {}
         self.on_reassign = on_reassign  # frees the request's ACL slot for the next provider's enclave
         self._nursery: trio.Nursery | None = None
@@ -91,6 +93,8 @@ class Coordinator:
         st = self.requests.get(offer.request_id)
         if st and not st.finished and len(st.offers) < 256:
             st.offers[msg.sender] = offer
+            st.offered.set()
+            st.offered = trio.Event()
 
     async def _on_assignment(self, msg: SignedMessage) -> None:
         if msg.sender not in self.dos_peers:
@@ -169,6 +173,17 @@ class Coordinator:
                 await self._watch_attestation(st, st.assignment)
             return
         provider = best_offer(st.req.id, st.req.requirements, st.offers, excluded)
+        # Under a burst, offers can lag the window. If the announced inventories
+        # say some provider could take the request, give them a few more windows.
+        extra = 0
+        while provider is None and attempt == 0 and extra < self.patience and \
+                self._someone_could(st.req.requirements) and not st.finished:
+            extra += 1
+            with trio.move_on_after(st.req.bidding_ms / 1000):
+                await st.offered.wait()
+            if st.seen(attempt).is_set():  # another DOS assigned meanwhile
+                return
+            provider = best_offer(st.req.id, st.req.requirements, st.offers, excluded)
         if provider is None:
             reason = why_unmatched(st.req.requirements, self.inventories()) if attempt == 0 else \
                 f"no other provider left after {attempt} failed attempt(s)"
@@ -185,6 +200,9 @@ class Coordinator:
                                             "rank": rank, "offers": len(st.offers)})
         await self.gossip.publish(m.ASSIGNMENT, m.encode(a))
         await self._watch_attestation(st, a)
+
+    def _someone_could(self, req: m.Requirements) -> bool:
+        return why_unmatched(req, self.inventories()).startswith("no provider answered")
 
     async def _watch_attestation(self, st: _State, a: m.Assignment) -> None:
         """Reassign if the provider brings up no attested enclave in time."""

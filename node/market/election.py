@@ -6,8 +6,8 @@ peer id): every node computes the same ranking without talking, and a
 request's load lands on a pseudo-random DOS peer. Rank r takes over when no
 assignment has appeared ``r`` grace periods after the bidding window.
 
-Best offer: lowest price; then the most free CPU, then the most free memory
-(the least loaded provider); then the lowest SHA-256(request id || provider
+Best offer: lowest price; then the fewest jobs running or queued, the most
+free CPU, the most free memory (the least loaded provider); then the lowest SHA-256(request id || provider
 peer id) as a tie-break nobody can aim for.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def dos_ranking(request_id: str, dos_peers: Iterable[str]) -> list[str]:
 
 def offer_key(request_id: str, provider: str, offer: Offer) -> tuple:
     tie = hashlib.sha256(bytes.fromhex(request_id) + provider.encode()).digest()
-    return (offer.price, -offer.free_cpu, -offer.free_memory, tie)
+    return (offer.price, offer.load, -offer.free_cpu, -offer.free_memory, tie)
 
 
 def matches(req: Requirements, offer: Offer) -> bool:

@@ -146,16 +146,17 @@ class Offer:
     free_cpu: int
     free_memory: int
     addrs: tuple[str, ...] = field(default_factory=tuple)
+    load: int = 0  # jobs running or queued at the provider when it offered
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> "Offer":
-        _only(d, {"request_id", "backend", "tee", "price", "free_cpu", "free_memory", "addrs"}, "offer")
+        _only(d, {"request_id", "backend", "tee", "price", "free_cpu", "free_memory", "addrs", "load"}, "offer")
         addrs = _get(d, "addrs", list)
         if len(addrs) > 16 or not all(isinstance(a, str) and a.startswith("/") and len(a) < 256 for a in addrs):
             raise MessageError("addrs: expected at most 16 multiaddr strings")
         o = cls(request_id=_hex(d, "request_id", 16), backend=_get(d, "backend", str), tee=_get(d, "tee", str),
                 price=_uint(d, "price"), free_cpu=_uint(d, "free_cpu", 1024), free_memory=_uint(d, "free_memory", 1 << 44),
-                addrs=tuple(addrs))
+                addrs=tuple(addrs), load=_uint(d, "load", 1 << 20) if "load" in d else 0)
         if o.backend not in BACKENDS or o.tee not in TEES:
             raise MessageError("offer: unknown backend or tee")
         return o

@@ -10,12 +10,14 @@ only ciphertext: TLS runs end to end, shares are HPKE-sealed to the enclave.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -29,6 +31,7 @@ from enclave.quotes.sim_qe import SimQuotingEnclave
 
 from ..dos import wire
 from ..dos.service import AclQuorumError, Evidence, request_acl
+from ..fsutil import atomic_write
 from ..genesis import Genesis
 from ..identity import Identity
 from ..metrics import Metrics
@@ -45,6 +48,7 @@ from .relay import splice
 log = logging.getLogger("ofnode.provider")
 
 ENCLAVE_PROTOCOL = "/ofnode/enclave/1.0.0"
+FETCH_TIMEOUT = 20.0  # well inside the coordinator's attestation deadline
 
 
 @dataclass
@@ -61,15 +65,19 @@ class ActiveJob:
 class ProviderService:
     def __init__(self, *, identity: Identity, genesis: Genesis, gossip: Gossip, host: Any, store: StoreService,
                  exchange: Any, metrics: Metrics, backend: str = "sim", max_enclaves: int = 0, price: int = 1,
-                 observe_relay: Callable[[str, bytes], None] | None = None) -> None:
+                 relay_capture: Path | None = None) -> None:
         self.identity, self.genesis, self.gossip, self.host = identity, genesis, gossip, host
         self.store, self.exchange, self.metrics = store, exchange, metrics
         self.backend_name, self.price = backend, price
         self.inventory = detect()
         self.capacity = max_enclaves or max(1, self.inventory.cores)
+        # Enclaves run ``capacity`` at a time; assigned jobs beyond that wait
+        # their turn (offers carry the load so the coordinator spreads work).
+        self.slots = trio.CapacityLimiter(self.capacity)
+        self.max_queue = self.capacity * 8
         self.requests: dict[str, tuple[m.ExecutionRequest, str]] = {}
         self.jobs: dict[str, ActiveJob] = {}
-        self.observe_relay = observe_relay
+        self.relay_capture = relay_capture
         self._qe: SimQuotingEnclave | None = None
         self._nursery: trio.Nursery | None = None
         metrics.declare("ofnode_provider_declined_total", "counter", "Requests this provider did not offer for, by reason.")
@@ -112,15 +120,15 @@ class ProviderService:
         self.requests[req.id] = (req, msg.sender)
         if len(self.requests) > 10_000:
             self.requests.pop(next(iter(self.requests)))
-        free = self.capacity - len(self.jobs)
         tee = req.requirements.tee
         backend = self.backend_name if tee == "sim" else "gramine-sgx"
-        offer = m.Offer(req.id, backend, tee, self.price, self.inventory.cores if free > 0 else 0,
-                        self.inventory.memory_available_bytes, tuple(str(a) for a in self.host.get_addrs()))
+        offer = m.Offer(req.id, backend, tee, self.price, self.inventory.cores,
+                        self.inventory.memory_available_bytes, tuple(str(a) for a in self.host.get_addrs()),
+                        load=len(self.jobs))
         reason = None
         if tee not in self.tees():
             reason = f"no_{tee}"
-        elif free <= 0:
+        elif len(self.jobs) >= self.max_queue:
             reason = "busy"
         elif not matches(req.requirements, offer):
             reason = "too_small" if req.requirements.max_price == 0 or req.requirements.max_price >= self.price else "price"
@@ -167,7 +175,8 @@ class ProviderService:
         t0 = time.monotonic()
         try:
             with trio.fail_after(max(5.0, (req.deadline_ms - now_ms()) / 1000)):
-                await self._run_job_inner(job)
+                async with self.slots:
+                    await self._run_job_inner(job)
         except trio.TooSlowError:
             job.error = "deadline passed"
         except Exception as e:  # one failed job must not take the provider down
@@ -194,7 +203,12 @@ class ProviderService:
         except Exception:
             local = False
         if not local:
-            await self.exchange.fetch_dag(root)
+            try:
+                with trio.fail_after(FETCH_TIMEOUT):
+                    await self.exchange.fetch_dag(root)
+            except trio.TooSlowError:
+                await self._decline(job, f"could not fetch the AI within {FETCH_TIMEOUT:g} s")
+                return
             raw, manifest = await trio.to_thread.run_sync(read_manifest, root, blocks)
         refusals = check_manifest(
             manifest,
@@ -234,11 +248,21 @@ class ProviderService:
             spki = _cert_spki(ev.cert_der)
             evidence = Evidence(request_id=req.id, ai_cid=req.ai_cid, consumer=job.consumer, nonce=bytes.fromhex(req.nonce),
                                 quote=ev.quote, enclave_key_spki=spki, not_after=int(time.time()) + 600)
-            try:
-                grant = await request_acl(self.host, self.genesis, evidence)
-            except AclQuorumError as e:
-                await self._decline(job, str(e))
-                return
+            grant = None
+            for delay in (0.25, 0.5, 1.0, 0):
+                try:
+                    grant = await request_acl(self.host, self.genesis, evidence)
+                    break
+                except AclQuorumError as e:
+                    # Gossip is eventually consistent: a DOS peer may not have
+                    # seen this (re)assignment yet. Retry briefly on exactly that.
+                    lagging = any("assigned" in r or "live ACL entry" in r or "unknown request" in r
+                                  for r in e.refusals.values())
+                    if not lagging or not delay:
+                        await self._decline(job, str(e))
+                        return
+                    await trio.sleep(delay)
+            assert grant is not None
             session.grant_acl(grant.to_dict())
             await self.gossip.publish(m.ATTESTED, json.dumps({
                 "request_id": req.id, "attempt": job.attempt, "provider": self.identity.peer_id,
@@ -271,7 +295,14 @@ class ProviderService:
             log.info("consumer stream refused", extra={"error": str(e)[:200]})
             await s.aclose()
             return
-        await splice(s, enclave_stream, observe=self.observe_relay)
+        if self.relay_capture is None:
+            await splice(s, enclave_stream)
+            return
+        chunks: list[tuple[str, bytes]] = []
+        await splice(s, enclave_stream, observe=lambda d, b: chunks.append((d, b)))
+        doc = {"request_id": rid, "chunks": [base64.b64encode(b).decode() for _, b in chunks],
+               "directions": [d for d, _ in chunks]}
+        await trio.to_thread.run_sync(atomic_write, self.relay_capture, json.dumps(doc).encode(), 0o600)
 
 
 def _cert_spki(cert_der: bytes) -> bytes:

@@ -37,7 +37,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from enclave.cid import DAG_PB, RAW, Cid
 
 from .blockstore import BlockNotFound, CorruptBlock
-from .unixfs import UnixfsError, decode_pbnode, decode_unixfs
+from .unixfs import T_FILE, T_RAW, UnixfsError, decode_pbnode, decode_unixfs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .exchange import Exchange, Received
@@ -126,7 +126,8 @@ class _Peer:
     backoff: float = 0.0
     busy_since: float = 0.0
     last_heard: float = 0.0
-    probed: bool = False          # asked whether it has the root
+    probe: Cid | None = None      # the block we asked an unconfirmed peer whether it has
+    failures: int = 0             # consecutive losses of the connection
     stats: PeerStats = field(default_factory=PeerStats)
 
     def usable(self, now: float) -> bool:
@@ -231,7 +232,20 @@ class Session:
             self._drop(peer, "bad")
 
     def peer_lost(self, peer: ID, reason: str) -> None:
-        self._drop(peer, "lost")
+        """The connection failed: retry (a new dial) after a pause, give up at the third time."""
+        p = self.peers.get(peer)
+        if p is None or p.state in ("bad", "lacks", "lost"):
+            return
+        p.failures += 1
+        if p.failures >= 3:
+            self._drop(peer, "lost")
+            return
+        now = trio.current_time()
+        p.backoff = max(1.0, p.backoff * 2)
+        p.paused_until = now + p.backoff
+        p.state = "paused"
+        self._release(p)
+        self.schedule()
 
     def store_failed(self, exc: BaseException) -> None:
         self.fail(f"the blockstore failed: {exc}")
@@ -247,11 +261,10 @@ class Session:
         now = trio.current_time()
         p = self.peers.get(peer)
         if p is not None:
-            p.last_heard = now
+            self._heard(p, now)
             p.stats.blocks += 1
             p.stats.bytes += rec.size
-            if not p.confirmed:
-                p.confirmed = True
+            p.confirmed = True
         it = self.items.get(rec.cid)
         if it is None or it.state in ("done", "check"):
             self.duplicates += 1
@@ -269,19 +282,26 @@ class Session:
         self.schedule()
         self.report()
 
+    def _heard(self, p: _Peer, now: float) -> None:
+        p.last_heard = now
+        p.failures = 0
+        if p.state == "paused":   # it answers after all
+            p.state = "ok"
+            p.backoff = 0.0
+
     def presence(self, peer: ID, cid: Cid, have: bool) -> None:
         p = self.peers.get(peer)
         if p is None:
             return
-        p.last_heard = trio.current_time()
+        self._heard(p, trio.current_time())
         if have:
-            if cid == self.root and not p.confirmed:
+            if not p.confirmed and cid == p.probe:
                 p.confirmed = True
                 self.schedule()
             return
         p.stats.dont_haves += 1
-        if cid == self.root and self.root in self.items:
-            # It does not have the root, so it has no reason to have the rest.
+        if not p.confirmed and cid == p.probe or cid == self.root and self.root in self.items:
+            # It lacks the first block we asked about: no reason to have the rest.
             self._drop(peer, "lacks")
             return
         it = self.items.get(cid)
@@ -335,7 +355,9 @@ class Session:
             # The block hashes right, so the DAG itself is malformed: no peer can fix that.
             self.fail(f"block {it.cid} is not a valid dag-pb/UnixFS node: {exc}")
             return
-        if meta is not None:
+        is_file = meta is not None and meta.type in (T_FILE, T_RAW)
+        if is_file:
+            assert meta is not None
             if meta.data:
                 self.bytes_done += len(meta.data) * it.occurrences
             if it.cid == self.root:
@@ -345,8 +367,8 @@ class Session:
             self.fail(f"DAG deeper than {MAX_DAG_DEPTH} levels under {it.cid}")
             return
         sizes: Iterable[int | None]
-        if meta is not None and len(meta.blocksizes) == len(node.links):
-            sizes = meta.blocksizes
+        if is_file and len(meta.blocksizes) == len(node.links):  # type: ignore[union-attr]
+            sizes = meta.blocksizes  # type: ignore[union-attr]
         else:
             sizes = [None] * len(node.links)
         # Depth first, in link order: children go to the front of the queue.
@@ -419,7 +441,7 @@ class Session:
         now = trio.current_time()
         usable = [p for p in self.peers.values() if p.usable(now)]
         if not usable:
-            self._probe_root(now)
+            self._probe(now)
             if not any(p.state in ("ok", "paused") for p in self.peers.values()):
                 self._out_of_peers()
             return
@@ -450,7 +472,7 @@ class Session:
             self.x.want(pid, cids, priority=_NODE_PRIORITY)
         for pid, cids in wants.items():
             self.x.want(pid, cids, priority=_LEAF_PRIORITY)
-        self._probe_root(now)
+        self._probe(now)
 
     def _out_of_peers(self) -> None:
         """No peer can give us some block: look for more, or give up when
@@ -491,14 +513,23 @@ class Session:
             p.inflight.add(it.cid)
             wants.setdefault(p.id, []).append(it.cid)
 
-    def _probe_root(self, now: float) -> None:
-        """Ask every unconfirmed peer whether it has the root (want-have, DontHave wanted)."""
-        if self.root not in self.items or self.items[self.root].state == "check":
+    def _probe(self, now: float) -> None:
+        """Ask each unconfirmed peer (found among the connected ones) whether it
+        has the root, or, when the root is here already, the first missing
+        block: want-have with DontHave wanted. Have makes it a session peer."""
+        root = self.items.get(self.root)
+        if root is not None and root.state != "check":
+            cid: Cid | None = self.root
+        else:
+            first = next((it for q in (self.missing_nodes, self.missing_leaves) for it in q
+                          if it.state in ("missing", "inflight")), None)
+            cid = first.cid if first is not None else None
+        if cid is None:
             return
         for p in self.peers.values():
-            if not p.confirmed and p.state == "ok" and not p.probed:
-                p.probed = True
-                self.x.want(p.id, [self.root], want_have=True, priority=_NODE_PRIORITY)
+            if not p.confirmed and p.state == "ok" and p.probe is None:
+                p.probe = cid
+                self.x.want(p.id, [cid], want_have=True, priority=_NODE_PRIORITY)
 
     # -- housekeeping -------------------------------------------------------------
 
