@@ -366,3 +366,27 @@ async def test_penalties_fade(tmp_path):
             for _ in range(5):
                 x.penalise(b.id, "bad_block")
             assert x.is_banned(b.id)
+
+
+async def test_connection_lost_mid_fetch(tmp_path):
+    """One of two peers drops the connection half-way: what it owed goes to
+    the other (the dropped one is paused, then redialled)."""
+    data = random_file(16 * MiB, seed=14)
+    with trio.fail_after(60):
+        async with make_nodes(tmp_path, 3) as (a, b, client):
+            for n in (a, b):
+                res = add_bytes(n.store, data)
+                await client.connect(n)
+            dropped = trio.Event()
+
+            async with trio.open_nursery() as nursery:
+                def watch(p: Progress) -> None:
+                    if p.blocks_fetched >= 20 and not dropped.is_set():
+                        dropped.set()
+                        nursery.start_soon(a.p2p.host.disconnect, client.id)
+                result = await client.exchange.fetch_dag(res.cid, [a.id, b.id], window=8, progress=watch,
+                                                         progress_interval=0)
+            assert dropped.is_set()
+            assert read_file(client.store, res.cid) == data
+            assert result.bad_peers == {}
+            assert result.peers[b.id.to_base58()].blocks > 0

@@ -53,3 +53,24 @@ async def test_fetch_without_peers_finds_the_provider_through_the_dht(tmp_path):
             # the hub was asked for the root (it is connected) and said it lacks it
             assert result.peers[hub.id.to_base58()].dont_haves >= 1
             assert result.peers[hub.id.to_base58()].blocks == 0
+
+
+async def test_resume_without_peers_probes_connected_peers_for_a_missing_block(tmp_path):
+    """The root is already here, nobody announced: the connected peers are asked
+    about the first missing block, and the one that has it serves the rest."""
+    data = random_file(4 * MiB, seed=13)
+    with trio.fail_after(60):
+        async with make_nodes(tmp_path, 3) as (holder, bystander, client):
+            res = add_bytes(holder.store, data)
+            # the client has the root and the first leaves already
+            add_bytes(client.store, data)
+            leaves = [c for c in client.store.iter_cids() if c.codec == 0x55]
+            for c in sorted(leaves, key=str)[: len(leaves) // 2]:
+                client.store.delete(c)
+            await client.connect(holder)
+            await client.connect(bystander)
+            result = await client.exchange.fetch_dag(res.cid)
+            assert read_file(client.store, res.cid) == data
+            assert result.fetched == len(leaves) // 2
+            assert result.peers[holder.id.to_base58()].blocks == result.fetched
+            assert result.peers[bystander.id.to_base58()].blocks == 0
