@@ -181,6 +181,7 @@ class AttestService:
     # -- wiring ----------------------------------------------------------------
     def register(self, host: Any) -> None:
         ihost(host).set_stream_handler(PROTOCOL, self._handle_stream)
+        wire.register_local(ihost(host), PROTOCOL, self.handle)
 
     async def run(self, host: Any) -> None:
         """Serve the protocol; refresh collateral and prune expired entries until cancelled."""

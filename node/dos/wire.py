@@ -101,6 +101,18 @@ async def write_message(stream: Any, obj: dict[str, Any], max_size: int) -> None
     await stream.write(encode_frame(obj, max_size))
 
 
+# A node asking itself (a provider that is also a secrets peer, a publisher
+# depositing its own share): libp2p cannot dial its own peer id, so services
+# register their handler here and such requests are answered in process,
+# through the same encode/decode and size limits as the network path.
+LocalHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+_LOCAL: dict[tuple[str, str], LocalHandler] = {}
+
+
+def register_local(host: Any, protocol: str, handler: LocalHandler) -> None:
+    _LOCAL[(host.get_id().to_base58(), protocol)] = handler
+
+
 async def request(host: Any, peer_id: str, protocol: str, msg: dict[str, Any], *, max_request: int,
                   max_response: int, timeout: float) -> dict[str, Any]:
     """Open a stream to ``peer_id``, send ``msg``, return the reply object.
@@ -111,6 +123,14 @@ async def request(host: Any, peer_id: str, protocol: str, msg: dict[str, Any], *
     from libp2p.peer.id import ID
 
     frame = encode_frame(msg, max_request)
+    me = host.get_id().to_base58()
+    if peer_id == me:
+        handler = _LOCAL.get((me, protocol))
+        if handler is None:
+            raise WireError(f"this node does not serve {protocol}")
+        with trio.fail_after(timeout):
+            reply = await handler(me, decode_body(frame[_LEN.size:]))
+        return decode_body(encode_frame(reply, max_response)[_LEN.size:])
     try:
         pid = ID.from_base58(peer_id)
     except Exception:

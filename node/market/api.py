@@ -19,6 +19,7 @@ MAX_INPUT = 64 << 20
 def register(api: ApiServer, consumer: Consumer, jobs: JobStore, defaults: dict[str, Any]) -> None:
     async def submit(ai_cid: str, input_b64: str = "", input_path: str = "", cpu: int = 1, memory: int = 512 << 20,
                      tee: str = "sim", backend: str = "", max_price: int = 0, deadline_s: float = 0,
+                     request_id: str = "",
                      progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> dict[str, Any]:
         cid = parse_cid(ai_cid, "ai_cid").encode()
         if bool(input_b64) == bool(input_path):
@@ -41,8 +42,13 @@ def register(api: ApiServer, consumer: Consumer, jobs: JobStore, defaults: dict[
             raise RpcError(INVALID_PARAMS, str(e)) from None
         if not isinstance(deadline_s, (int, float)) or deadline_s < 0 or deadline_s > 3600:
             raise RpcError(INVALID_PARAMS, "deadline_s must lie in 0..3600")
+        if request_id and (not isinstance(request_id, str) or len(request_id) != 32
+                           or any(c not in "0123456789abcdef" for c in request_id)):
+            raise RpcError(INVALID_PARAMS, "request_id must be 32 lowercase hex digits (an idempotency key)")
+        if request_id and jobs.get(request_id) is not None:
+            raise RpcError(INVALID_PARAMS, f"job {request_id} already exists on this node")
         try:
-            job = await consumer.submit(cid, data, req, progress=progress,
+            job = await consumer.submit(cid, data, req, progress=progress, request_id=request_id or None,
                                         deadline_s=float(deadline_s or defaults["deadline_s"]),
                                         bidding_ms=defaults["bidding_ms"])
         except JobFailed as e:

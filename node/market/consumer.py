@@ -119,8 +119,8 @@ class Consumer:
 
     # -- the job ------------------------------------------------------------
     async def submit(self, ai_cid: str, data: bytes, req: m.Requirements, *, progress: Progress | None = None,
-                     deadline_s: float = 120.0, bidding_ms: int = 300) -> JobRecord:
-        request = m.ExecutionRequest(id=os.urandom(16).hex(), ai_cid=ai_cid, requirements=req,
+                     deadline_s: float = 120.0, bidding_ms: int = 300, request_id: str | None = None) -> JobRecord:
+        request = m.ExecutionRequest(id=request_id or os.urandom(16).hex(), ai_cid=ai_cid, requirements=req,
                                      nonce=os.urandom(32).hex(), deadline_ms=now_ms() + int(deadline_s * 1000),
                                      bidding_ms=bidding_ms)
         job = JobRecord(id=request.id, ai_cid=ai_cid, requirements=asdict(req),

@@ -48,7 +48,8 @@ from .relay import splice
 log = logging.getLogger("ofnode.provider")
 
 ENCLAVE_PROTOCOL = "/ofnode/enclave/1.0.0"
-FETCH_TIMEOUT = 20.0  # well inside the coordinator's attestation deadline
+FETCH_TIMEOUT = 20.0
+RUNTIME_MEMORY = 384 << 20  # well inside the coordinator's attestation deadline
 
 
 @dataclass
@@ -220,7 +221,8 @@ class ProviderService:
             return
         quote_fn = ehost.sim_quote_fn(self._sim_qe(), raw)
         backend = get_backend(self.backend_name)
-        launcher = ehost.backend_launcher(backend, memory_bytes=max(manifest.resources.memory, 256 << 20),
+        # The runtime itself (Python, cryptography, TLS) needs room beside the AI.
+        launcher = ehost.backend_launcher(backend, memory_bytes=manifest.resources.memory + RUNTIME_MEMORY,
                                           threads=manifest.resources.cpu)
 
         async def ai_chunks():
@@ -271,6 +273,9 @@ class ProviderService:
             job.ready.set()
             with trio.move_on_after(max(1.0, (req.deadline_ms - now_ms()) / 1000)):
                 await job.done.wait()
+        if session.error or (session.exit is not None and getattr(session.exit, "reason", "ok") not in ("ok", "killed")):
+            log.warning("enclave ended badly", extra={"request": req.id, "error": session.error or "",
+                                                      "exit": str(session.exit)[:500]})
 
     # -- consumer streams ----------------------------------------------------
     async def _on_consumer_stream(self, stream: Any) -> None:

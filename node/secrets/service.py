@@ -99,6 +99,8 @@ class SecretsService:
         h = ihost(host)
         h.set_stream_handler(SHARE_PROTOCOL, self._share_stream)
         h.set_stream_handler(DEPOSIT_PROTOCOL, self._deposit_stream)
+        wire.register_local(h, SHARE_PROTOCOL, self.handle_share)
+        wire.register_local(h, DEPOSIT_PROTOCOL, self.handle_deposit)
 
     async def run(self, host: Any) -> None:
         self.register(host)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -13,11 +12,9 @@ import pytest
 import trio
 
 from node import testnet
-from node.api.client import ApiClient, call
+from node.api.client import call
 from node.api.jsonrpc import RpcError
-from node.market.election import dos_ranking
 
-from ..node.conftest import start_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "examples" / "digits"

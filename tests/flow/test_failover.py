@@ -1,0 +1,110 @@
+"""Failover on a real testnet: a provider killed mid-job, a DOS coordinator
+killed during bidding. 3 DOS peers with quorum 2, so one may die."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import signal
+from pathlib import Path
+
+import pytest
+
+from enclave.ai_manifest import format_files_table, hash_tree
+from node import testnet
+from node.api.client import ApiClient, call
+from node.market.election import dos_ranking
+
+from ..node.conftest import start_daemon
+
+pytestmark = pytest.mark.slow
+
+SLOW_AI = '''import time
+
+
+def run(data: bytes) -> bytes:
+    time.sleep(2.0)  # long enough to kill its provider mid-job
+    return data[::-1]
+'''
+
+
+def make_slow_ai(root: Path) -> Path:
+    root.mkdir()
+    (root / "slow.py").write_text(SLOW_AI)
+    head = ('name = "slow-echo"\nversion = "1.0.0"\nruntime = "python"\nentry = "slow:run"\n\n'
+            '[resources]\ncpu = 1\nmemory = "256MiB"\nenclave_size = "512MiB"\nthreads = 1\n\n'
+            '[io]\ninput = "bytes"\noutput = "bytes"\n\n')
+    (root / "ai.toml").write_text(head + format_files_table(hash_tree(root)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    d = tmp_path_factory.mktemp("failover")
+    state = testnet.up(d, nodes=5, dos=3, secrets=3, providers=2, dos_quorum=2, timeout=60)
+    state["dir"] = d
+    state["slow"] = call(state["nodes"][0]["socket"], "ai.publish",
+                         {"dir": str(make_slow_ai(d / "slow-ai"))}, timeout=60)["cid"]
+    try:
+        yield state
+    finally:
+        (d / testnet.STATE_FILE).write_text(json.dumps({k: v for k, v in state.items() if k not in ("dir",)}))
+        testnet.down(d)
+
+
+def _kill(node: dict) -> None:
+    fd = os.pidfd_open(node["pid"])
+    os.kill(node["pid"], signal.SIGKILL)
+    select.select([fd], [], [], 10)
+    os.close(fd)
+
+
+def _restart(net: dict, node: dict) -> None:
+    proc, _ = start_daemon(node["data_dir"])
+    node["pid"] = proc.pid
+    others = [n["peer_id"] for n in net["nodes"] if n is not node]
+    assert call(node["socket"], "node.wait_peers", {"peers": others, "timeout": 30}, timeout=40)["ok"]
+
+
+def test_provider_killed_mid_job_finishes_on_the_other(net, tmp_path):
+    consumer = net["nodes"][0]
+    data = tmp_path / "in.bin"
+    data.write_bytes(b"ofnode failover")
+    killed: list[dict] = []
+
+    def on_progress(p: dict) -> None:
+        if p.get("stage") == "running" and not killed:
+            victim = next(n for n in net["nodes"] if n["peer_id"] == job_provider[0])
+            _kill(victim)
+            killed.append(victim)
+        elif p.get("stage") == "assigned":
+            job_provider[:] = [p["provider"]]
+
+    job_provider: list[str] = []
+    with ApiClient(consumer["socket"], timeout=120) as c:
+        job = c.call("job.submit", {"ai_cid": net["slow"], "input_path": str(data), "deadline_s": 90},
+                     on_progress=on_progress)
+    assert killed, "the job finished before its provider could be killed"
+    assert base64.b64decode(job["output_b64"]) == data.read_bytes()[::-1]
+    assert job["attempts"] == 2 and job["provider"] != killed[0]["peer_id"]
+    _restart(net, killed[0])
+
+
+def test_coordinator_killed_during_bidding_another_dos_assigns(net, tmp_path):
+    """Pick a request id whose coordinator (rank 0) is a dead DOS peer."""
+    dos = [n for n in net["nodes"] if "dos" in n["roles"]]
+    victim = dos[0]
+    _kill(victim)
+    try:
+        dos_ids = [n["peer_id"] for n in dos]
+        rid = next(f"{i:032x}" for i in range(1000) if dos_ranking(f"{i:032x}", dos_ids)[0] == victim["peer_id"])
+        data = tmp_path / "in.bin"
+        data.write_bytes(b"coordinator down")
+        job = call(net["nodes"][3]["socket"], "job.submit",
+                   {"ai_cid": net["slow"], "input_path": str(data), "deadline_s": 60, "request_id": rid}, timeout=90)
+        assert job["id"] == rid and base64.b64decode(job["output_b64"]) == b"coordinator down"[::-1]
+        # The takeover waited the coordinator's grace period (1 s) after the 0.3 s window.
+        assert job["stages"]["assigned"] >= 1.2
+    finally:
+        _restart(net, victim)
