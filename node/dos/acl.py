@@ -201,17 +201,19 @@ class StoredAcl:
     signature: AclSignature  # this DOS peer's own signature
     revoked: bool = False
     signed_at: float = 0.0
+    provider: str = ""  # the peer that presented the evidence
 
     def to_json(self) -> bytes:
         return json.dumps({"entry": self.entry.to_dict(), "nonce": self.nonce, "signature": self.signature.to_dict(),
-                           "revoked": self.revoked, "signed_at": self.signed_at}, sort_keys=True).encode()
+                           "revoked": self.revoked, "signed_at": self.signed_at, "provider": self.provider},
+                          sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "StoredAcl":
         d = json.loads(raw)
         return cls(entry=AclEntry.from_dict(d["entry"]), nonce=str(d["nonce"]),
                    signature=AclSignature.from_dict(d["signature"]), revoked=bool(d["revoked"]),
-                   signed_at=float(d.get("signed_at", 0.0)))
+                   signed_at=float(d.get("signed_at", 0.0)), provider=str(d.get("provider", "")))
 
 
 class AclStore:
@@ -258,8 +260,10 @@ class AclStore:
         with self._lock:
             return self._by_nonce.get(nonce_hex)
 
-    def put(self, entry: AclEntry, nonce_hex: str, signature: AclSignature, *, now: float | None = None) -> StoredAcl:
-        rec = StoredAcl(entry=entry, nonce=nonce_hex, signature=signature, signed_at=time.time() if now is None else now)
+    def put(self, entry: AclEntry, nonce_hex: str, signature: AclSignature, *, now: float | None = None,
+            provider: str = "") -> StoredAcl:
+        rec = StoredAcl(entry=entry, nonce=nonce_hex, signature=signature, signed_at=time.time() if now is None else now,
+                        provider=provider)
         with self._lock:
             self._write(rec)
             old = self._by_request.get(entry.request_id)
@@ -275,7 +279,7 @@ class AclStore:
             if rec is None or rec.revoked:
                 return False
             rec = StoredAcl(entry=rec.entry, nonce=rec.nonce, signature=rec.signature, revoked=True,
-                            signed_at=rec.signed_at)
+                            signed_at=rec.signed_at, provider=rec.provider)
             self._write(rec)
             self._index(rec)
             return True

@@ -16,8 +16,9 @@ The DOS peer checks, in order: the message is well formed (sizes, types, a
 P-256 key); ``not_after`` lies in (now, now + max_ttl]; when a request
 ``lookup`` is wired (the market's view of the request), the request exists and
 its nonce, AI and consumer match and the sender is the assigned provider; the
-nonce was not used by another request, and the request has no live entry for
-another enclave key and was not revoked; then the quote
+nonce was not used by another request, and the request was not revoked and has
+no live entry for another provider's enclave (the same provider may replace its
+enclave); then the quote
 (:class:`~node.dos.verifier.Verifier`: DCAP with cached collateral and the
 genesis policy, report data = SHA-256(SPKI || nonce) || 0*32). Only then does
 it sign the :class:`~node.dos.acl.AclEntry` and store it (durably) before
@@ -238,7 +239,7 @@ class AttestService:
         problem = await self._lookup_problem(ev, peer)
         if problem:
             return _refuse(problem)
-        problem = self._state_problem(ev)
+        problem = self._state_problem(ev, peer)
         if problem:
             return _refuse(problem)
         expected = expected_report_data(ev.enclave_key_spki, ev.nonce)
@@ -253,7 +254,7 @@ class AttestService:
             # The market may have moved on while the quote was verified (the job
             # reassigned, its ACL slot released): a late answer for the old
             # provider must not take the new provider's slot.
-            problem = await self._lookup_problem(ev, peer) or self._state_problem(ev)
+            problem = await self._lookup_problem(ev, peer) or self._state_problem(ev, peer)
             if problem:
                 return _refuse(problem)
             existing = self.store.get(ev.request_id)
@@ -261,7 +262,8 @@ class AttestService:
                 sig = existing.signature  # idempotent: the provider retried
             else:
                 sig = entry.sign(self.identity)
-                await trio.to_thread.run_sync(lambda: self.store.put(entry, ev.nonce.hex(), sig, now=now))
+                await trio.to_thread.run_sync(lambda: self.store.put(entry, ev.nonce.hex(), sig, now=now,
+                                                                          provider=peer))
         if self.on_attested is not None:
             try:
                 self.on_attested(ev.request_id, peer)
@@ -289,7 +291,7 @@ class AttestService:
             return "evidence must come from the provider assigned to this request"
         return None
 
-    def _state_problem(self, ev: Evidence) -> str | None:
+    def _state_problem(self, ev: Evidence, peer: str) -> str | None:
         other = self.store.request_for_nonce(ev.nonce.hex())
         if other is not None and other != ev.request_id:
             return "this nonce was already used by another request (replayed evidence)"
@@ -300,8 +302,12 @@ class AttestService:
             return f"request {ev.request_id} was revoked (the job ended)"
         if rec.nonce != ev.nonce.hex():
             return "the request was attested with another nonce"
-        if rec.entry.enclave_key_sha256 != ev.enclave_key_sha256 and not rec.entry.expired(self.clock()):
-            return "the request already has a live ACL entry for another enclave key"
+        if rec.entry.enclave_key_sha256 != ev.enclave_key_sha256 and not rec.entry.expired(self.clock()) \
+                and rec.provider != peer:
+            # The same provider may bring up a new enclave for its request (a
+            # restart); another provider gets the slot only once the job was
+            # reassigned and the entry released.
+            return "the request already has a live ACL entry for another provider's enclave"
         return None
 
 

@@ -79,22 +79,31 @@ async def test_a_nonce_serves_one_request_only(net):
     assert not ans["ok"] and "already used by another request" in ans["error"]
 
 
-async def test_one_enclave_key_per_request_and_idempotent_retries(net):
-    enc, other = SimEnclave(), SimEnclave()
+async def test_one_provider_per_request_and_idempotent_retries(net):
+    enc, restarted, other = SimEnclave(), SimEnclave(), SimEnclave()
     rid, nonce = new_request()
+    svc = net.attest[1]
+    provider, intruder = net.client.peer_id, net.dos[0].peer_id  # two peers presenting evidence
     ev = enc.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce)
     first = await ask_one(net, 1, ev.to_dict())
     again = await ask_one(net, 1, ev.to_dict())
     assert first["ok"] and again == first  # the provider retried: same signature
-    ans = await ask_one(net, 1, other.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict())
-    assert not ans["ok"] and "another enclave key" in ans["error"]
-    # the job was reassigned: the coordinator releases the entry, and another enclave may attest
-    assert net.attest[1].store.release(rid)
-    ans = await ask_one(net, 1, other.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict())
+    # the same provider brings up a new enclave for its request: it replaces the entry
+    ans = await ask_one(net, 1, restarted.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict())
+    assert ans["ok"] and ans["entry"]["enclave_key_sha256"] != first["entry"]["enclave_key_sha256"]
+    assert svc.store.get(rid).provider == provider
+    # another provider's enclave does not get the request's slot...
+    ans = await svc.handle(intruder, other.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict())
+    assert not ans["ok"] and "another provider's enclave" in ans["error"]
+    # ...until the job is reassigned: the coordinator releases the entry
+    assert svc.store.release(rid)
+    ans = await svc.handle(intruder, other.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict())
     assert ans["ok"]
     # the job ended: revoked for good
-    net.attest[1].store.revoke(rid)
-    ans = await ask_one(net, 1, other.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict())
+    svc.store.revoke(rid)
+    ans = await svc.handle(intruder, other.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict())
+    assert not ans["ok"] and "revoked" in ans["error"]
+    ans = await ask_one(net, 1, enc.evidence(request_id=rid, consumer=net.client.peer_id, nonce=nonce).to_dict())
     assert not ans["ok"] and "revoked" in ans["error"]
 
 
