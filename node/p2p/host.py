@@ -153,6 +153,12 @@ class P2PHost:
         """Dial one peer with a timeout; never raises for network failures."""
         if info.peer_id == self.host.get_id():
             return True
+        # py-libp2p refuses to redial a peer for 60 s after one failed dial
+        # (its "negative cache"); a restarted bootstrap peer would stay
+        # unreachable that long. Our callers pace redials with their own backoff.
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
         with trio.move_on_after(self.dial_timeout):
             try:
                 await self.host.connect(info)
@@ -164,7 +170,8 @@ class P2PHost:
                 return True
             except Exception as e:  # libp2p raises many unrelated types on dial failure
                 self.metrics.inc("ofnode_dials_total", result="failed")
-                log.debug("dial failed", extra={"peer": info.peer_id.to_base58(), "error": str(e)[:200]})
+                log.info("dial failed", extra={"peer": info.peer_id.to_base58(),
+                                               "error": f"{type(e).__name__}: {str(e)[:300]}"})
                 return False
         self.metrics.inc("ofnode_dials_total", result="timeout")
         return False
