@@ -31,9 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,8 +71,28 @@ class CappedExchange(Exchange):
         return data
 
 
+class MemoryExchange(Exchange):
+    """``--no-disk``: serves every block from memory (loaded at start, unverified)."""
+
+    blocks: dict[Cid, bytes] = {}
+
+    def read_block(self, cid: Cid) -> bytes:
+        return self.blocks[cid.to_v1()]
+
+
+class DiscardStore(Blockstore):
+    """``--no-disk``: received blocks are still hashed by the exchange, then dropped."""
+
+    def put(self, cid: Cid, data: bytes, *, hashed: bool = False) -> bool:  # type: ignore[override]
+        return True
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        yield
+
+
 @asynccontextmanager
-async def serving(store_dir: Path, rate: float = 0.0) -> AsyncIterator[P2PHost]:
+async def serving(store_dir: Path, rate: float = 0.0, memory: bool = False) -> AsyncIterator[P2PHost]:
     """A host that serves Bitswap from ``store_dir`` and the stream protocol."""
     p2p = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[], metrics=node_metrics())
     payload = random.Random(7).randbytes(CHUNK)
@@ -92,10 +112,14 @@ async def serving(store_dir: Path, rate: float = 0.0) -> AsyncIterator[P2PHost]:
 
     async with p2p.running():
         p2p.host.set_stream_handler(STREAM_PROTO, stream_handler)
-        if rate:
-            x: Exchange = type("Capped", (CappedExchange,), {"rate": rate})(p2p.host, Blockstore(store_dir), p2p.metrics)
+        store = Blockstore(store_dir)
+        if memory:
+            blocks = {c: store.get(c) for c in store.iter_cids()}
+            x: Exchange = type("Memory", (MemoryExchange,), {"blocks": blocks})(p2p.host, store, p2p.metrics)
+        elif rate:
+            x = type("Capped", (CappedExchange,), {"rate": rate})(p2p.host, store, p2p.metrics)
         else:
-            x = Exchange(p2p.host, Blockstore(store_dir), p2p.metrics)
+            x = Exchange(p2p.host, store, p2p.metrics)
         async with trio.open_nursery() as nursery:
             await nursery.start(x.run)
             yield p2p
@@ -106,10 +130,10 @@ def p2p_addr(p2p: P2PHost) -> str:
     return f"{p2p.host.get_addrs()[0]}/p2p/{p2p.host.get_id().to_base58()}"
 
 
-async def serve_forever(store_dir: str, rate: float) -> None:
+async def serve_forever(store_dir: str, rate: float, memory: bool) -> None:
     """``--serve``: print our address, serve until stdin closes."""
     quiet()
-    async with serving(Path(store_dir), rate) as p2p:
+    async with serving(Path(store_dir), rate, memory) as p2p:
         print(p2p_addr(p2p), flush=True)
         stdin = trio.lowlevel.FdStream(os.dup(0))
         while await stdin.receive_some(1024):
@@ -117,9 +141,9 @@ async def serve_forever(store_dir: str, rate: float) -> None:
 
 
 @asynccontextmanager
-async def server_processes(store_dir: Path, n: int, rate: float) -> AsyncIterator[list[str]]:
-    procs = [subprocess.Popen([sys.executable, __file__, "--serve", str(store_dir), "--server-rate", str(rate)],
-                              stdin=subprocess.PIPE,
+async def server_processes(store_dir: Path, n: int, rate: float, memory: bool) -> AsyncIterator[list[str]]:
+    procs = [subprocess.Popen([sys.executable, __file__, "--serve", str(store_dir), "--server-rate", str(rate)]
+                              + (["--no-disk"] if memory else []), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(n)]
     try:
         addrs = [await trio.to_thread.run_sync(p.stdout.readline) for p in procs]  # type: ignore[union-attr]
@@ -136,9 +160,9 @@ async def server_processes(store_dir: Path, n: int, rate: float) -> AsyncIterato
 
 
 @asynccontextmanager
-async def server_tasks(store_dir: Path, n: int, rate: float) -> AsyncIterator[list[str]]:
+async def server_tasks(store_dir: Path, n: int, rate: float, memory: bool) -> AsyncIterator[list[str]]:
     async with AsyncExitStack() as stack:
-        hosts = [await stack.enter_async_context(serving(store_dir, rate)) for _ in range(n)]
+        hosts = [await stack.enter_async_context(serving(store_dir, rate, memory)) for _ in range(n)]
         yield [p2p_addr(h) for h in hosts]
 
 
@@ -179,9 +203,10 @@ async def run(args: argparse.Namespace) -> None:
         print(f"file {args.size} MiB, {res.blocks} blocks, root {res.cid}")
         print(f"servers {'in this process' if args.inprocess else 'one OS process each'}, "
               f"{os.cpu_count()} CPUs, window {args.window} blocks"
-              f"{f', answers capped at {args.server_rate:g} MB/s per server' if args.server_rate else ''}")
+              f"{f', answers capped at {args.server_rate:g} MB/s per server' if args.server_rate else ''}"
+              f"{', NO DISK (blocks served from memory, received blocks not stored)' if args.no_disk else ''}")
         servers = server_tasks if args.inprocess else server_processes
-        async with servers(src, args.peers, args.server_rate) as addrs:
+        async with servers(src, args.peers, args.server_rate, args.no_disk) as addrs:
             infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in addrs]
             client = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
                              metrics=node_metrics())
@@ -193,7 +218,7 @@ async def run(args: argparse.Namespace) -> None:
                     figures["stream"].append(await stream_rate(client, infos[0], args.size * MiB))
                     for label, peers in (("fetch x1", infos[:1]), (f"fetch x{args.peers}", infos)):
                         dest = work / f"client-{run_no}-{len(peers)}"
-                        x = Exchange(client.host, Blockstore(dest), client.metrics)
+                        x = Exchange(client.host, (DiscardStore if args.no_disk else Blockstore)(dest), client.metrics)
                         async with trio.open_nursery() as nursery:
                             await nursery.start(x.run)
                             rate, split = await fetch_rate(x, res.cid, peers, args.window)
@@ -222,10 +247,12 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the stores go (default: system temp)")
     ap.add_argument("--server-rate", type=float, default=0.0,
                     help="cap each server's Bitswap answers at this many MB/s, as an uplink would (0: no cap)")
+    ap.add_argument("--no-disk", action="store_true",
+                    help="diagnostic: servers answer from memory, the client hashes blocks but does not store them")
     ap.add_argument("--serve", metavar="STORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        trio.run(serve_forever, args.serve, args.server_rate)
+        trio.run(serve_forever, args.serve, args.server_rate, args.no_disk)
     else:
         trio.run(run, args)
 
