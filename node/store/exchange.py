@@ -86,6 +86,7 @@ class Limits:
     max_entries: int = 8192             # want-list entries or presences in one message
     max_wants_per_peer: int = 16384     # a peer's want-list as we keep it
     send_target: int = 1 << 20          # block bytes per answer message
+    answer_ahead: int = 4               # answers read and encoded ahead of the writer, per peer
     max_batch: int = 256                # wants taken off a peer's queue per answer
     linger: float = 2.0                 # idle seconds before an answer stream is closed
     idle_timeout: float = 120.0         # an inbound stream silent this long is reset
@@ -833,8 +834,10 @@ class Exchange:
 
     async def _serve_peer(self, peer: ID, ledger: _Ledger) -> None:
         """Answer ``peer``'s want-list until it is empty: blocks are read and
-        encoded one message ahead of the writer."""
-        send, recv = trio.open_memory_channel[tuple[bytes, int, int]](1)
+        encoded up to :attr:`Limits.answer_ahead` messages ahead of the writer
+        (a worker thread can wait ~5 ms for the GIL while the event loop
+        encrypts; one message of slack left the writer idle)."""
+        send, recv = trio.open_memory_channel[tuple[bytes, int, int]](self.limits.answer_ahead)
         clean = False
         try:
             async with trio.open_nursery() as nursery:
