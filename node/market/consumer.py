@@ -32,6 +32,7 @@ from ..p2p.envelope import SignedMessage, now_ms
 from ..p2p.gossip import Gossip
 from ..p2p.streams import Libp2pStream
 from . import messages as m
+from .election import coordinator_rank
 from .jobs import JobRecord, JobStore
 
 log = logging.getLogger("ofnode.consumer")
@@ -49,6 +50,7 @@ class _Watch:
 
     def __init__(self) -> None:
         self.assignments: dict[int, m.Assignment] = {}
+        self.ranks: dict[int, int] = {}  # attempt -> rank of the DOS peer whose assignment we keep
         self.attested: dict[tuple[int, str], dict[str, Any]] = {}
         self.declined: dict[tuple[int, str], str] = {}
         self.failed: str | None = None
@@ -79,8 +81,11 @@ class Consumer:
         except m.MessageError:
             return
         w = self._watches.get(a.request_id)
-        if w and a.attempt not in w.assignments:
-            w.assignments[a.attempt] = a
+        if w is None:
+            return
+        rank = coordinator_rank(a.request_id, self.genesis.dos_peers, msg.sender)
+        if a.attempt not in w.assignments or rank < w.ranks[a.attempt]:
+            w.assignments[a.attempt], w.ranks[a.attempt] = a, rank
             w.poke()
 
     async def _on_failed(self, msg: SignedMessage) -> None:
@@ -168,7 +173,10 @@ class Consumer:
             await stage("assigned", provider=a.provider, attempt=attempt)
             att = await self._wait(w, lambda: w.attested.get((attempt, a.provider))
                                    or (w.assignments.get(attempt + 1) and "reassigned")
+                                   or (w.assignments[attempt].provider != a.provider and "switched")
                                    or (w.declined.get((attempt, a.provider)) and "declined"))
+            if att == "switched":  # a better-ranked DOS peer's assignment for this attempt arrived
+                continue
             if att == "declined":
                 reason = w.declined[(attempt, a.provider)]
                 log.info("provider declined; waiting for the next offer",

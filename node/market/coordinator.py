@@ -19,7 +19,7 @@ import trio
 from ..p2p.envelope import SignedMessage, now_ms
 from ..p2p.gossip import Gossip
 from . import messages as m
-from .election import best_offer, dos_ranking, why_unmatched
+from .election import best_offer, coordinator_rank, dos_ranking, why_unmatched
 
 log = logging.getLogger("ofnode.market")
 
@@ -35,6 +35,7 @@ class _State:
     attested: set[str] = field(default_factory=set)  # providers whose enclave a DOS signed for
     attested_event: trio.Event = field(default_factory=trio.Event)
     offered: trio.Event = field(default_factory=trio.Event)
+    assigner_rank: int = 1 << 30
     finished: bool = False
 
     def seen(self, attempt: int) -> trio.Event:
@@ -106,10 +107,15 @@ class Coordinator:
         st = self.requests.get(a.request_id)
         if st is None:
             return
-        if st.assignment is None or a.attempt > st.assignment.attempt:
-            if a.attempt > 0 and self.on_reassign:
+        rank = coordinator_rank(a.request_id, self.dos_peers, msg.sender)
+        cur = st.assignment
+        # Two DOS peers may both assign one attempt (a takeover racing a slow
+        # coordinator): everyone keeps the one from the better-ranked peer.
+        if cur is None or a.attempt > cur.attempt or (a.attempt == cur.attempt and rank < st.assigner_rank
+                                                      and a.provider != cur.provider):
+            if a.attempt > 0 and self.on_reassign and (cur is None or a.attempt > cur.attempt):
                 self.on_reassign(a.request_id)
-            st.assignment = a
+            st.assignment, st.assigner_rank = a, rank
         st.seen(a.attempt).set()
 
     async def _on_retry(self, msg: SignedMessage) -> None:
@@ -194,7 +200,7 @@ class Coordinator:
         if attempt > 0 and self.on_reassign:
             self.on_reassign(st.req.id)
         a = m.Assignment(st.req.id, provider, attempt, now_ms() + self.attest_ms, excluded)
-        st.assignment = a
+        st.assignment, st.assigner_rank = a, rank
         st.seen(attempt).set()
         log.info("request assigned", extra={"request": st.req.id, "provider": provider, "attempt": attempt,
                                             "rank": rank, "offers": len(st.offers)})

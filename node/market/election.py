@@ -25,6 +25,12 @@ def dos_ranking(request_id: str, dos_peers: Iterable[str]) -> list[str]:
     return sorted(dos_peers, key=weight, reverse=True)
 
 
+def coordinator_rank(request_id: str, dos_peers: Iterable[str], dos_peer: str) -> int:
+    """Rank of ``dos_peer`` for this request (0 = coordinator); len(peers) if not a DOS peer."""
+    ranking = dos_ranking(request_id, dos_peers)
+    return ranking.index(dos_peer) if dos_peer in ranking else len(ranking)
+
+
 def offer_key(request_id: str, provider: str, offer: Offer) -> tuple:
     tie = hashlib.sha256(bytes.fromhex(request_id) + provider.encode()).digest()
     return (offer.price, offer.load, -offer.free_cpu, -offer.free_memory, tie)

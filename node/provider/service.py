@@ -39,7 +39,7 @@ from ..p2p.envelope import SignedMessage, now_ms
 from ..p2p.gossip import Gossip
 from ..p2p.streams import Libp2pStream
 from ..market import messages as m
-from ..market.election import matches
+from ..market.election import coordinator_rank, matches
 from ..secrets.service import request_shares
 from ..store.ai_publish import read_manifest
 from ..store.service import StoreService
@@ -61,6 +61,8 @@ class ActiveJob:
     ready: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     error: str = ""
+    rank: int = 0  # rank of the DOS peer that assigned it
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 class ProviderService:
@@ -78,6 +80,7 @@ class ProviderService:
         self.max_queue = self.capacity * 8
         self.requests: dict[str, tuple[m.ExecutionRequest, str]] = {}
         self.jobs: dict[str, ActiveJob] = {}
+        self._best_rank: dict[tuple[str, int], int] = {}
         self.relay_capture = relay_capture
         self._qe: SimQuotingEnclave | None = None
         self._nursery: trio.Nursery | None = None
@@ -145,13 +148,24 @@ class ProviderService:
             a = m.Assignment.parse(m.decode(msg.payload))
         except m.MessageError:
             return
+        rank = coordinator_rank(a.request_id, self.genesis.dos_peers, msg.sender)
+        key = (a.request_id, a.attempt)
+        if rank > self._best_rank.get(key, rank):
+            return  # a better-ranked DOS peer already decided this attempt
+        self._best_rank[key] = rank
+        if len(self._best_rank) > 20_000:
+            self._best_rank.pop(next(iter(self._best_rank)))
+        existing = self.jobs.get(a.request_id)
+        if existing and a.attempt == existing.attempt and rank < existing.rank and a.provider != self.identity.peer_id:
+            existing.error = "a better-ranked DOS peer gave this attempt to another provider"
+            existing.cancel.cancel()
+            return
         if a.provider != self.identity.peer_id or a.request_id not in self.requests:
             return
-        existing = self.jobs.get(a.request_id)
         if existing and existing.attempt >= a.attempt:
             return
         req, consumer = self.requests[a.request_id]
-        job = self.jobs[a.request_id] = ActiveJob(req, consumer, a.attempt)
+        job = self.jobs[a.request_id] = ActiveJob(req, consumer, a.attempt, rank=rank)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_job, job)
 
@@ -175,7 +189,7 @@ class ProviderService:
         req = job.req
         t0 = time.monotonic()
         try:
-            with trio.fail_after(max(5.0, (req.deadline_ms - now_ms()) / 1000)):
+            with job.cancel, trio.fail_after(max(5.0, (req.deadline_ms - now_ms()) / 1000)):
                 async with self.slots:
                     await self._run_job_inner(job)
         except trio.TooSlowError:
