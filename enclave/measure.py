@@ -29,7 +29,7 @@ RUNTIME_FILES = (
     "__init__.py", "ai_manifest.py", "ai_object.py", "package.py", "ratls.py", "measure.py",
     "quotes/__init__.py", "quotes/layout.py", "quotes/source.py", "quotes/dev_attestation.py",
     "runtime/__init__.py", "runtime/__main__.py", "runtime/channel.py", "runtime/main.py",
-    "runtime/tls.py", "runtime/keys.py", "runtime/runners.py", "unixfs.py", "cid.py",
+    "runtime/tls.py", "runtime/keys.py", "runtime/runners.py", "unixfs.py", "cid.py", "secret_client.py",
 )
 
 

@@ -495,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", metavar="FILE", help="also write the job's output here")
     s.set_defaults(fn=cmd_job)
 
+    from .attest import add_attest_parser
+
+    add_attest_parser(sub, common)
+
     s = sub.add_parser("status", parents=[common], help="show the running node's status")
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("peers", parents=[common], help="list connected peers")

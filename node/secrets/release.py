@@ -1,6 +1,6 @@
 """The release decision: may this request have this peer's share of the AI key?
 
-A share request (built by :func:`node.secrets.enclave_side.build_share_request`)::
+A share request (built by :func:`enclave.secret_client.build_share_request`)::
 
     {"acl_entry": AclEntry, "dos_signatures": [{dos_peer, sig}],
      "enclave_key_spki": base64 SPKI DER (ECDSA P-256),
@@ -46,7 +46,7 @@ from ..dos.service import load_p256_spki
 from ..genesis import Genesis
 from ..identity import Identity
 from .audit import AuditLog
-from .enclave_side import SUITE, request_signing_bytes, response_signing_bytes, share_info, zero
+from enclave.secret_client import SUITE, request_signing_bytes, response_signing_bytes, share_info, zero
 from .share_store import ShareStore, ShareStoreError
 
 __all__ = ["ShareRequest", "parse_share_request", "Releaser", "REQUEST_FIELDS"]

@@ -25,7 +25,7 @@ genesis' ``secrets.peers``, ``threshold`` and ``n`` the genesis values.
 Client helpers for the other ends: :func:`deposit_key` (publisher),
 :func:`revoke_ai` (publisher), :func:`request_shares` and :func:`fetch_key`
 (the enclave's relay; ``fetch_key`` opens and combines with
-:mod:`node.secrets.enclave_side`).
+:mod:`enclave.secret_client`).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from ..dos import wire
 from ..dos.service import ihost, peer_of
 from ..genesis import Genesis
 from ..identity import Identity
-from . import enclave_side
+from enclave import secret_client as enclave_side
 from .audit import AuditLog
 from .release import Releaser
 from .shamir import key_check, split_key

@@ -11,7 +11,7 @@ Any t shares rebuild both halves; t-1 shares reveal nothing about either.
 Indices are 1..n (n <= 255); secrets peer number i of the genesis list (1-based)
 holds share i. No field arithmetic is done here: split and combine are
 pycryptodome's. The enclave side combines with the same code
-(:func:`node.secrets.enclave_side.combine_shares`).
+(:func:`enclave.secret_client.combine_shares`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Sequence
 
 from Crypto.Protocol.SecretSharing import Shamir
 
-from .enclave_side import KEY_SIZE, SHARE_SIZE, key_check
+from enclave.secret_client import KEY_SIZE, SHARE_SIZE, key_check
 
 __all__ = ["Share", "ShamirError", "split_key", "combine_key", "key_check", "MAX_SHARES"]
 

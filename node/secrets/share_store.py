@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..fsutil import atomic_write, private_dir
-from .enclave_side import SHARE_SIZE, canonical_json
+from enclave.secret_client import SHARE_SIZE, canonical_json
 
 __all__ = ["ShareStore", "ShareRecord", "ShareStoreError", "STORAGE_KEY_FILE"]
 

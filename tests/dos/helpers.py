@@ -23,7 +23,7 @@ from node.dos.verifier import Verifier
 from node.genesis import Genesis, Policy
 from node.identity import Identity
 from node.metrics import node_metrics
-from node.secrets import enclave_side
+from enclave import secret_client as enclave_side
 from node.secrets.service import SecretsService
 
 MRENCLAVE = hashlib.sha256(b"ofnode test enclave").digest()

@@ -19,7 +19,7 @@ from node.dos.policy import expected_report_data
 from node.dos.service import AttestService, parse_evidence
 from node.dos.verifier import Verifier
 from node.identity import Identity
-from node.secrets import enclave_side
+from enclave import secret_client as enclave_side
 from node.secrets.audit import AuditLog
 from node.secrets.release import Releaser
 from node.secrets.service import SecretsService

@@ -11,7 +11,7 @@ import pytest
 
 from node.dos.acl import AclEntry, AclSignature
 from node.identity import Identity
-from node.secrets import enclave_side
+from enclave import secret_client as enclave_side
 from node.secrets.audit import AuditLog
 from node.secrets.release import Releaser
 from node.secrets.shamir import key_check, split_key

@@ -11,7 +11,7 @@ import trio
 
 from node.dos.acl import AclSignature
 from node.dos.service import AclQuorumError, request_acl
-from node.secrets import enclave_side
+from enclave import secret_client as enclave_side
 from node.secrets.audit import AuditLog
 from node.secrets.service import (
     DEPOSIT_PROTOCOL, SecretsService, SharesUnavailable, deposit_key, fetch_key, request_shares, revoke_ai,

@@ -9,7 +9,7 @@ import stat
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from node.secrets import enclave_side
+from enclave import secret_client as enclave_side
 from node.secrets.shamir import ShamirError, Share, combine_key, key_check, split_key
 from node.secrets.share_store import STORAGE_KEY_FILE, ShareStore, ShareStoreError
 
