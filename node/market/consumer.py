@@ -124,7 +124,7 @@ class Consumer:
 
     # -- the job ------------------------------------------------------------
     async def submit(self, ai_cid: str, data: bytes, req: m.Requirements, *, progress: Progress | None = None,
-                     deadline_s: float = 120.0, bidding_ms: int = 300, request_id: str | None = None) -> JobRecord:
+                     deadline_s: float = 120.0, bidding_ms: int = 150, request_id: str | None = None) -> JobRecord:
         request = m.ExecutionRequest(id=request_id or os.urandom(16).hex(), ai_cid=ai_cid, requirements=req,
                                      nonce=os.urandom(32).hex(), deadline_ms=now_ms() + int(deadline_s * 1000),
                                      bidding_ms=bidding_ms)
@@ -238,7 +238,10 @@ class Consumer:
 
     async def _talk(self, request: m.ExecutionRequest, job: JobRecord, provider: str, entry: AclEntry,
                     cert_sha256: str, data: bytes, stage) -> bytes:
-        raw = await self.host.new_stream(ID.from_base58(provider), [ENCLAVE_PROTOCOL])
+        try:
+            raw = await self.host.new_stream(ID.from_base58(provider), [ENCLAVE_PROTOCOL])
+        except Exception as e:  # py-libp2p raises SwarmException and others: the provider is unreachable
+            raise ConnectionError(f"cannot open a stream to the provider: {type(e).__name__}: {e}") from None
         await wire.write_message(raw, {"request_id": request.id}, 4096)
         hello = await wire.read_message(raw, 4096)
         if hello.get("ok") is not True:
