@@ -47,7 +47,8 @@ SCRATCH_DIR = "/scratch"
 ExitReason = Literal["ok", "oom", "cpu_time", "killed", "error"]
 
 # Paths a code dir must not shadow or sit inside: the backend mounts its own there.
-_RESERVED = ("/proc", "/dev", "/sys", "/tmp", "/run", SCRATCH_DIR)
+# (/tmp itself is reserved, but a code dir below it is bound over the private /tmp.)
+_RESERVED = ("/proc", "/dev", "/sys", "/run", SCRATCH_DIR)
 
 
 class BackendError(Exception):
@@ -134,7 +135,7 @@ class EnclaveSpec:
                 raise ValueError(f"EnclaveSpec paths must be absolute: {d}")
         for d in self.code_dirs:
             s = str(d)
-            if s == "/" or any(s == r or s.startswith(r + "/") for r in _RESERVED):
+            if s in ("/", "/tmp") or any(s == r or s.startswith(r + "/") for r in _RESERVED):
                 raise ValueError(f"code dir {d} would shadow a sandbox mount ({', '.join(_RESERVED)}, /)")
         for k, v in self.env.items():
             if not k or "=" in k or "\0" in k or "\0" in v:

@@ -367,8 +367,14 @@ def build_command(bwrap: str, spec: EnclaveSpec, *, uid: int | None,
             b += ["--symlink", os.readlink(host), str(host)]
         elif host.is_file():
             b += ["--ro-bind", str(host), str(host)]
+    # The private /tmp comes before the code binds, so a code dir that lives
+    # under /tmp on the host (a checkout there) is bound on top of it.
+    tmp_size = str(spec.memory_bytes)
+    b += ["--proc", "/proc", "--dev", "/dev"]
+    b += ["--perms", "1777", "--size", tmp_size, "--tmpfs", "/dev/shm"]
+    b += ["--perms", "1777", "--size", tmp_size, "--tmpfs", "/tmp"]
     code = sorted(set(spec.code_dirs), key=lambda p: (len(p.parts), str(p)))
-    made = {Path("/"), Path("/usr"), Path("/etc")}
+    made = {Path("/"), Path("/usr"), Path("/etc"), Path("/tmp")}
     for d in code:
         # bwrap would create missing parents 0700 (unreachable for the sandbox uid)
         for parent in reversed(d.parents):
@@ -377,10 +383,6 @@ def build_command(bwrap: str, spec: EnclaveSpec, *, uid: int | None,
                 made.add(parent)
         if not (d == Path("/usr") or Path("/usr") in d.parents):
             b += ["--ro-bind", str(d), str(d)]
-    tmp_size = str(spec.memory_bytes)
-    b += ["--proc", "/proc", "--dev", "/dev"]
-    b += ["--perms", "1777", "--size", tmp_size, "--tmpfs", "/dev/shm"]
-    b += ["--perms", "1777", "--size", tmp_size, "--tmpfs", "/tmp"]
     b += ["--perms", "0755", "--dir", "/run"]
     b += ["--bind", str(spec.socket_dir), SOCKET_DIR, "--bind", str(spec.scratch_dir), SCRATCH_DIR]
     b += ["--remount-ro", "/", "--clearenv"]

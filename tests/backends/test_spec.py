@@ -33,7 +33,8 @@ def test_normalises_types() -> None:
     ({"cpu_seconds": float("inf")}, "cpu_seconds"),
     ({"scratch_dir": "rel"}, "absolute"),
     ({"code_dirs": ["/"]}, "shadow"),
-    ({"code_dirs": ["/tmp/code"]}, "shadow"),
+    ({"code_dirs": ["/tmp"]}, "shadow"),
+    ({"code_dirs": ["/run/code"]}, "shadow"),
     ({"code_dirs": ["/proc"]}, "shadow"),
     ({"env": {"A=B": "x"}}, "environment"),
 ])
