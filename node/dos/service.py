@@ -312,12 +312,8 @@ class AttestService:
 
 
 # -- the provider's side -------------------------------------------------------------
-class AclQuorumError(Exception):
+class AclQuorumError(wire.QuorumError):
     """Fewer than the quorum of DOS peers signed; ``refusals`` maps peer -> reason."""
-
-    def __init__(self, message: str, refusals: dict[str, str]) -> None:
-        super().__init__(message)
-        self.refusals = refusals
 
 
 @dataclass(frozen=True)

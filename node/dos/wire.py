@@ -32,6 +32,14 @@ _LEN = struct.Struct(">I")
 _HEX = re.compile(r"[0-9a-f]*")
 
 
+class QuorumError(Exception):
+    """Fewer peers than a quorum said yes; ``refusals`` maps peer -> its reason."""
+
+    def __init__(self, message: str, refusals: dict[str, str]) -> None:
+        super().__init__(message)
+        self.refusals = refusals
+
+
 class WireError(ValueError):
     """A malformed or oversize message; the text names the problem (safe to send back)."""
 

@@ -255,12 +255,8 @@ async def revoke_ai(host: Any, genesis: Genesis, ai_cid: str, *, timeout: float 
     return await _each(tuple(genesis.secrets_peers), send)
 
 
-class SharesUnavailable(Exception):
+class SharesUnavailable(wire.QuorumError):
     """Fewer than t secrets peers released a share; ``refusals`` maps peer -> reason."""
-
-    def __init__(self, message: str, refusals: dict[str, str]) -> None:
-        super().__init__(message)
-        self.refusals = refusals
 
 
 @dataclass(frozen=True)
