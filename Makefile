@@ -56,4 +56,6 @@ PROTOC ?= $(BIN)/python -m grpc_tools.protoc
 proto:
 	@tmp=$$(mktemp -d); \
 	$(PROTOC) -Iofnode/v1=node/p2p --python_out=$$tmp ofnode/v1/envelope.proto && \
-	cp $$tmp/ofnode/v1/envelope_pb2.py node/p2p/envelope_pb2.py; rm -rf $$tmp
+	cp $$tmp/ofnode/v1/envelope_pb2.py node/p2p/envelope_pb2.py && \
+	$(PROTOC) -Iofnode/bitswap=node/store --python_out=$$tmp ofnode/bitswap/bitswap.proto && \
+	cp $$tmp/ofnode/bitswap/bitswap_pb2.py node/store/bitswap_pb2.py; rm -rf $$tmp

@@ -81,6 +81,7 @@ class Node:
         self.store.register(self.api)
         self.exchange = Exchange(self.p2p.host, self.store.blocks, self.metrics)
         self.store.on_published = self._after_publish
+        self.store.fetch = self._fetch
         self.roles_runner = Roles(self)
         self.jobs = JobStore(self.data_dir)
         self.consumer = Consumer(identity=self.identity, genesis=self.genesis, gossip=self.gossip,
@@ -102,6 +103,7 @@ class Node:
         self._take_lock()
         try:
             async with self.p2p.running(), self.gossip.running(), trio.open_nursery() as nursery:
+                self.exchange.dht = self.p2p.dht  # the DHT exists only while the host runs
                 await nursery.start(self.exchange.run)
                 self.roles_runner.start(nursery)
                 nursery.start_soon(self.p2p.maintain_links)
@@ -191,6 +193,35 @@ class Node:
             }
         info["last_seen_ms"] = msg.timestamp_ms
         self.peer_info[msg.sender] = info
+
+    async def _fetch(self, root: Any, progress: Any) -> None:
+        """Fetch a DAG over Bitswap for `store get`, forwarding progress at most every 0.2 s."""
+        send, recv = trio.open_memory_channel[dict[str, Any]](16)
+        last = [-1.0]
+
+        def on_progress(p: Any) -> None:  # called by the fetcher, synchronously
+            now = trio.current_time()
+            if now - last[0] >= 0.2:
+                last[0] = now
+                msg = {"stage": "fetching", "bytes": p.bytes_done, "blocks": p.blocks_done, "peers": p.peers}
+                if p.bytes_total:
+                    msg["total"] = p.bytes_total
+                try:
+                    send.send_nowait(msg)
+                except trio.WouldBlock:
+                    pass  # a slow client misses an update, never the fetch
+
+        async def forward() -> None:
+            async for msg in recv:
+                await progress(msg)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(forward)
+            with trio.fail_after(600):
+                result = await self.exchange.fetch_dag(root, progress=on_progress, stall_timeout=10)
+            send.close()
+        await progress({"stage": "fetched", "blocks": result.fetched, "bytes": result.bytes_fetched,
+                        **({"bad_peers": len(result.bad_peers)} if result.bad_peers else {})})
 
     async def _after_publish(self, cid: str, key: bytes) -> dict[str, Any]:
         """Announce the AI in the DHT and hand its key to the Secret Store."""

@@ -42,6 +42,7 @@ from ..market import messages as m
 from ..market.election import coordinator_rank, matches
 from ..secrets.service import request_shares
 from ..store.ai_publish import read_manifest
+from ..store.fetch import FetchError
 from ..store.service import StoreService
 from .relay import splice
 
@@ -223,6 +224,9 @@ class ProviderService:
                     await self.exchange.fetch_dag(root)
             except trio.TooSlowError:
                 await self._decline(job, f"could not fetch the AI within {FETCH_TIMEOUT:g} s")
+                return
+            except FetchError as e:
+                await self._decline(job, f"could not fetch the AI: {e}")
                 return
             raw, manifest = await trio.to_thread.run_sync(read_manifest, root, blocks)
         refusals = check_manifest(

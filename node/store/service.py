@@ -67,6 +67,8 @@ class StoreService:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.blocks = Blockstore(data_dir / "store")
+        # Set by the node: fetch a DAG from the network (Bitswap) into the store.
+        self.fetch: Callable[[Cid, Progress], Awaitable[Any]] | None = None
         # Set by the node: announce the AI and hand its key to the Secret Store.
         self.on_published: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None
 
@@ -112,6 +114,16 @@ class StoreService:
             tmp.unlink(missing_ok=True)
         return {"cid": cid.encode(), "path": str(out), "size": n}
 
+    def _complete(self, root: Cid) -> bool:
+        """Whether every block of the DAG under ``root`` is here (reads only dag-pb nodes)."""
+        from .blockstore import BlockNotFound as _Missing
+
+        try:
+            self.blocks._reachable([root])
+            return True
+        except (_Missing, CorruptBlock, UnixfsError):
+            return False
+
     # -- API ---------------------------------------------------------------
     def register(self, api: ApiServer) -> None:
         blocks = self.blocks
@@ -125,6 +137,12 @@ class StoreService:
 
         async def get(cid: str, out: str, progress: Progress) -> dict[str, Any]:
             c, o = parse_cid(cid), _abs_path(out, "out")
+            if self.fetch is not None and not await trio.to_thread.run_sync(self._complete, c):
+                await progress({"stage": "fetching"})
+                try:
+                    await self.fetch(c, progress)
+                except Exception as e:  # the exchange reports unreachable or lying peers in its message
+                    raise RpcError(NODE_ERROR, f"could not fetch {cid}: {e}") from None
             try:
                 return await trio.to_thread.run_sync(self.get_file, c, o, _ThreadProgress(progress, "writing"))
             except BlockNotFound as e:
