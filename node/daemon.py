@@ -193,6 +193,23 @@ class Node:
             }
         info["last_seen_ms"] = msg.timestamp_ms
         self.peer_info[msg.sender] = info
+        self._remember_addrs(msg.sender, info["addrs"])
+
+    def _remember_addrs(self, peer: str, addrs: list[str]) -> None:
+        """Keep announced addresses in the peerstore: py-libp2p forgets a peer's
+        addresses 120 s after a dial, and a later new_stream to it then fails."""
+        import multiaddr
+        from libp2p.peer.id import ID
+
+        good = []
+        for a in addrs:
+            try:
+                ma = multiaddr.Multiaddr(a.split("/p2p/")[0])
+            except Exception:  # a bad address in an announcement is skipped, never fatal
+                continue
+            good.append(ma)
+        if good and peer != self.identity.peer_id:
+            self.p2p.host.get_peerstore().add_addrs(ID.from_base58(peer), good, 3600)
 
     async def _fetch(self, root: Any, progress: Any) -> None:
         """Fetch a DAG over Bitswap for `store get`, forwarding progress at most every 0.2 s."""

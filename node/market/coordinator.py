@@ -23,6 +23,8 @@ from .election import best_offer, coordinator_rank, dos_ranking, why_unmatched
 
 log = logging.getLogger("ofnode.market")
 
+QUEUED_JOB_MS = 2000  # attestation time granted per job queued ahead at the provider
+
 
 @dataclass
 class _State:
@@ -49,7 +51,7 @@ class Coordinator:
         self.gossip, self.my_id, self.dos_peers = gossip, my_id, dos_peers
         self.inventories = inventories
         self.grace_ms, self.attest_ms, self.max_requests = grace_ms, attest_ms, max_requests
-        self.patience = 10  # extra bidding windows granted when a matching provider is known
+        self.patience = 40  # extra bidding windows granted when a matching provider is known
         self.requests: dict[str, _State] = {}
         self.on_reassign = on_reassign  # frees the request's ACL slot for the next provider's enclave
         self._nursery: trio.Nursery | None = None
@@ -199,7 +201,9 @@ class Coordinator:
             return
         if attempt > 0 and self.on_reassign:
             self.on_reassign(st.req.id)
-        a = m.Assignment(st.req.id, provider, attempt, now_ms() + self.attest_ms, excluded)
+        # A provider with jobs queued ahead of this one gets time to reach it.
+        queued = st.offers[provider].load if provider in st.offers else 0
+        a = m.Assignment(st.req.id, provider, attempt, now_ms() + self.attest_ms + queued * QUEUED_JOB_MS, excluded)
         st.assignment, st.assigner_rank = a, rank
         st.seen(attempt).set()
         log.info("request assigned", extra={"request": st.req.id, "provider": provider, "attempt": attempt,

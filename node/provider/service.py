@@ -78,7 +78,7 @@ class ProviderService:
         # Enclaves run ``capacity`` at a time; assigned jobs beyond that wait
         # their turn (offers carry the load so the coordinator spreads work).
         self.slots = trio.CapacityLimiter(self.capacity)
-        self.max_queue = self.capacity * 8
+        self.max_queue = self.capacity * 32
         self.requests: dict[str, tuple[m.ExecutionRequest, str]] = {}
         self.jobs: dict[str, ActiveJob] = {}
         self._best_rank: dict[tuple[str, int], int] = {}
@@ -131,7 +131,11 @@ class ProviderService:
                         self.inventory.memory_available_bytes, tuple(str(a) for a in self.host.get_addrs()),
                         load=len(self.jobs))
         reason = None
-        if tee not in self.tees():
+        if msg.sender == self.identity.peer_id:
+            # A node does not run its own jobs: it cannot dial itself, and a
+            # consumer gains nothing from attesting its own machine.
+            reason = "own_request"
+        elif tee not in self.tees():
             reason = f"no_{tee}"
         elif len(self.jobs) >= self.max_queue:
             reason = "busy"
@@ -291,7 +295,7 @@ class ProviderService:
             job.ready.set()
             with trio.move_on_after(max(1.0, (req.deadline_ms - now_ms()) / 1000)):
                 await job.done.wait()
-        if session.error or (session.exit is not None and getattr(session.exit, "reason", "ok") not in ("ok", "killed")):
+        if session.exit is not None and getattr(session.exit, "reason", "ok") not in ("ok", "killed"):
             log.warning("enclave ended badly", extra={"request": req.id, "error": session.error or "",
                                                       "exit": str(session.exit)[:500]})
 
