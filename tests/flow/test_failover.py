@@ -104,7 +104,7 @@ def test_coordinator_killed_during_bidding_another_dos_assigns(net, tmp_path):
         job = call(net["nodes"][3]["socket"], "job.submit",
                    {"ai_cid": net["slow"], "input_path": str(data), "deadline_s": 60, "request_id": rid}, timeout=90)
         assert job["id"] == rid and base64.b64decode(job["output_b64"]) == b"coordinator down"[::-1]
-        # The takeover waited the coordinator's grace period (1 s) after the 0.3 s window.
-        assert job["stages"]["assigned"] >= 1.2
+        # The takeover waited the coordinator's grace period (1 s) after the bidding window.
+        assert job["stages"]["assigned"] >= 1.0
     finally:
         _restart(net, victim)

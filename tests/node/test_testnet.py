@@ -202,7 +202,7 @@ def test_restart_keeps_peer_id_and_rejoins(net5):
     assert info["peer_id"] == n["peer_id"]
     # node4 bootstraps to nodes 0-3 and redials them all.
     r = call(n["socket"], "node.wait_peers", {"peers": others(net5, 4), "timeout": 20}, timeout=30)
-    assert r["ok"], r
+    assert r["ok"], {"missing": sorted(set(others(net5, 4)) - set(r["peers"])), "extra": sorted(set(r["peers"]) - set(others(net5, 4)))}
 
 
 def test_bootstrap_links_are_redialed(net5):
