@@ -82,6 +82,7 @@ class Node:
         self.exchange = Exchange(self.p2p.host, self.store.blocks, self.metrics)
         self.store.on_published = self._after_publish
         self.store.fetch = self._fetch
+        self.store.on_revoke = self._revoke
         self.roles_runner = Roles(self)
         self.jobs = JobStore(self.data_dir)
         self.consumer = Consumer(identity=self.identity, genesis=self.genesis, gossip=self.gossip,
@@ -239,6 +240,16 @@ class Node:
             send.close()
         await progress({"stage": "fetched", "blocks": result.fetched, "bytes": result.bytes_fetched,
                         **({"bad_peers": len(result.bad_peers)} if result.bad_peers else {})})
+
+    async def _revoke(self, cid: str) -> dict[str, Any]:
+        from .secrets.service import revoke_ai
+
+        answers = await revoke_ai(self.p2p.host, self.genesis, cid)
+        ok = sum(1 for a in answers.values() if a.get("ok"))
+        refusals = {p[-8:]: f"{a.get('code', '')}: {a.get('error', '')}"[:200] for p, a in answers.items() if not a.get("ok")}
+        # Revoked where at least n - t + 1 peers agreed: fewer than t shares remain releasable.
+        needed = len(self.genesis.secrets_peers) - self.genesis.secrets_threshold + 1
+        return {"cid": cid, "revoked_at": ok, "of": len(answers), "effective": ok >= needed, "refusals": refusals}
 
     async def _after_publish(self, cid: str, key: bytes) -> dict[str, Any]:
         """Announce the AI in the DHT and hand its key to the Secret Store."""

@@ -309,6 +309,18 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ai_revoke(args: argparse.Namespace) -> int:
+    r = _call(args, "ai.revoke", {"cid": args.cid})
+    if args.json:
+        output.emit_json(r)
+    else:
+        state = "revoked" if r["effective"] else "NOT revoked (too few secrets peers agreed)"
+        output.say(f"{r['cid']}: {state}: {r['revoked_at']} of {r['of']} secrets peers will release no more shares")
+        for peer, why in r["refusals"].items():
+            output.say(f"  {peer}: {why}")
+    return 0 if r["effective"] else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     s = _call(args, "node.status")
     if args.json:
@@ -476,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = a.add_parser("inspect", parents=[common], help="show the public manifest of an AI")
     s.add_argument("cid")
     s.set_defaults(fn=cmd_ai_inspect)
+    s = a.add_parser("revoke", parents=[common], help="stop all further key releases for an AI you published")
+    s.add_argument("cid")
+    s.set_defaults(fn=cmd_ai_revoke)
 
     s = sub.add_parser("submit", parents=[common], help="run an AI on your input in an attested enclave")
     s.add_argument("cid", metavar="AI_CID")

@@ -69,6 +69,8 @@ class StoreService:
         self.blocks = Blockstore(data_dir / "store")
         # Set by the node: fetch a DAG from the network (Bitswap) into the store.
         self.fetch: Callable[[Cid, Progress], Awaitable[Any]] | None = None
+        # Set by the node: tell every secrets peer to release no more shares of an AI.
+        self.on_revoke: Callable[[str], Awaitable[dict[str, Any]]] | None = None
         # Set by the node: announce the AI and hand its key to the Secret Store.
         self.on_published: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None
 
@@ -213,4 +215,11 @@ class StoreService:
         api.method("store.gc", gc, timeout=600)
         api.method("store.verify", verify, timeout=3600)
         api.method("ai.publish", ai_publish, timeout=3600)
+        async def ai_revoke(cid: str) -> dict[str, Any]:
+            c = parse_cid(cid)
+            if self.on_revoke is None:
+                raise RpcError(NODE_ERROR, "this node has no Secret Store to revoke at")
+            return await self.on_revoke(c.encode())
+
         api.method("ai.inspect", ai_inspect)
+        api.method("ai.revoke", ai_revoke)

@@ -106,3 +106,17 @@ def test_provider_sees_no_plaintext(flow):
     assert sample.read_bytes()[:32] not in seen
     assert output[:32] not in seen and b'"label"' not in seen
     assert b"pixels" not in seen
+
+
+def test_revoked_ai_gets_no_key(flow):
+    """After the publisher revokes, no enclave gets the key: the job fails with the reason."""
+    consumer = flow["nodes"][0]["socket"]
+    cid = call(consumer, "ai.publish", {"dir": str(REPO / "examples" / "wordcount-python")}, timeout=60)["cid"]
+    r = call(consumer, "ai.revoke", {"cid": cid})
+    assert r["effective"] and r["revoked_at"] == 3
+    with pytest.raises(RpcError, match="job failed"):
+        call(consumer, "job.submit", {"ai_cid": cid, "input_b64": base64.b64encode(b"a b c").decode(),
+                                      "deadline_s": 30}, timeout=60)
+    # Someone else cannot revoke it: only the depositor owns the AI.
+    other = call(flow["nodes"][1]["socket"], "ai.revoke", {"cid": flow["digits"]})
+    assert not other["effective"]
