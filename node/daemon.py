@@ -337,9 +337,12 @@ class Node:
                 return want <= connected if want else len(connected) >= count
 
             with trio.move_on_after(min(timeout, 600)):
-                while not done():
+                while True:
+                    changed = self.p2p.change_event()  # taken before the check: no lost wakeup
+                    if done():
+                        break
                     await progress({"stage": "waiting", "connected": len(self.p2p.connected_peers())})
-                    await self.p2p.wait_changed()
+                    await changed.wait()
                 return {"ok": True, "peers": self.p2p.connected_peers()}
             return {"ok": False, "peers": self.p2p.connected_peers()}
 

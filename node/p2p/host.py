@@ -120,6 +120,11 @@ class P2PHost:
     def addrs(self) -> list[str]:
         return [str(a) for a in self.host.get_addrs()]
 
+    def change_event(self) -> trio.Event:
+        """The event the next connect or disconnect sets. Take it *before*
+        checking a condition, then wait on it: no change can slip in between."""
+        return self._changed
+
     async def wait_changed(self) -> None:
         """Return at the next connect or disconnect."""
         await self._changed.wait()
@@ -127,10 +132,11 @@ class P2PHost:
     async def wait_for_peers(self, count: int, peers: list[str] | None = None) -> None:
         """Wait (no polling) until ``count`` peers are connected, or all of ``peers``."""
         while True:
+            changed = self.change_event()
             connected = set(self.connected_peers())
             if (peers and set(peers) <= connected) or (not peers and len(connected) >= count):
                 return
-            await self.wait_changed()
+            await changed.wait()
 
     # -- lifecycle -------------------------------------------------------
     @asynccontextmanager
@@ -187,6 +193,7 @@ class P2PHost:
         """
         backoff: dict[ID, _Backoff] = {i.peer_id: _Backoff() for i in self._bootstrap_infos}
         while True:
+            changed = self.change_event()
             now = trio.current_time()
             connected = set(self.host.get_connected_peers())
             due = [i for i in self._bootstrap_infos if i.peer_id not in connected and backoff[i.peer_id].next_try <= now]
@@ -195,7 +202,7 @@ class P2PHost:
                     for info in due:
                         n.start_soon(self._dial_with_backoff, info, backoff[info.peer_id])
             with trio.move_on_after(self.reconnect_interval):
-                await self.wait_changed()
+                await changed.wait()
 
     async def _dial_with_backoff(self, info: PeerInfo, b: _Backoff) -> None:
         if await self.connect(info):
