@@ -104,9 +104,41 @@ def main() -> int:
               f"jobs_per_minute {60 * sum(ok) / dt:.0f}")
         for e in sorted(set(errors)):
             print(f"  failed ({errors.count(e)}x): {e[:300]}")
+        print(f"provider_kill_to_done_s {kill_to_done(state, d):.2f}   (slow AI; the provider is SIGKILLed once its job runs)")
     finally:
         testnet.down(d)
     return 0
+
+
+def kill_to_done(state: dict, d: Path) -> float:
+    """Publish a 2-second AI, kill its provider when the job runs, time until the job is done elsewhere."""
+    import os
+    import signal
+
+    from enclave.ai_manifest import format_files_table, hash_tree
+    from node.api.client import ApiClient
+
+    ai = d.parent / "slow-ai"
+    ai.mkdir(exist_ok=True)
+    (ai / "slow.py").write_text("import time\n\n\ndef run(data: bytes) -> bytes:\n    time.sleep(2.0)\n    return data\n")
+    (ai / "ai.toml").write_text('name = "slow"\nversion = "1.0.0"\nruntime = "python"\nentry = "slow:run"\n\n'
+                                '[io]\ninput = "bytes"\noutput = "bytes"\n\n' + format_files_table(hash_tree(ai)))
+    sock = state["nodes"][0]["socket"]
+    cid = call(sock, "ai.publish", {"dir": str(ai)})["cid"]
+    (ai / "in").write_bytes(b"x")
+    provider, killed_at = [""], [0.0]
+
+    def on_progress(p: dict) -> None:
+        if p.get("stage") == "assigned":
+            provider[0] = p["provider"]
+        elif p.get("stage") == "running" and not killed_at[0]:
+            victim = next(n for n in state["nodes"] if n["peer_id"] == provider[0])
+            os.kill(victim["pid"], signal.SIGKILL)
+            killed_at[0] = time.perf_counter()
+
+    with ApiClient(sock, timeout=120) as c:
+        c.call("job.submit", {"ai_cid": cid, "input_path": str(ai / "in"), "deadline_s": 90}, on_progress=on_progress)
+    return time.perf_counter() - killed_at[0]
 
 
 if __name__ == "__main__":
