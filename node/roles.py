@@ -52,6 +52,7 @@ class Roles:
             if me not in g.secrets_peers:
                 log.warning("the secrets role is on but the genesis does not list this peer")
             self.secrets = SecretsService.open(node.identity, g, node.data_dir)
+            node.gossip.on("market.done", self._on_done)
         if "provider" in roles:
             pc = cfg["provider"]
             self.provider = ProviderService(identity=node.identity, genesis=g, gossip=node.gossip, host=node.p2p.host,
@@ -69,6 +70,17 @@ class Roles:
             nursery.start_soon(self.secrets.run, host)
         if self.provider:
             nursery.start_soon(self.provider.run)
+
+    async def _on_done(self, msg: Any) -> None:
+        """A consumer says its job ended: no more key shares for that request."""
+        from .market import messages as m
+
+        try:
+            d = m.Done.parse(m.decode(msg.payload))
+        except m.MessageError:
+            return
+        if self.secrets is not None:
+            self.secrets.releaser.job_finished(d.request_id, msg.sender)
 
     def _inventories(self) -> dict[str, dict[str, Any]]:
         inv = {p: i["inventory"] for p, i in self.node.peer_info.items() if "inventory" in i}

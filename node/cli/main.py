@@ -321,6 +321,18 @@ def cmd_ai_revoke(args: argparse.Namespace) -> int:
     return 0 if r["effective"] else 1
 
 
+def cmd_ai_rotate(args: argparse.Namespace) -> int:
+    r = _call_with_progress(args, "ai.rotate", {"cid": args.cid, "dir": str(Path(args.dir).resolve())})
+    if args.json:
+        output.emit_json(r)
+    else:
+        rv = r["revoked"]
+        output.say(f"new key, new CID; old {r['old_cid']} revoked at {rv['revoked_at']} of {rv['of']} secrets peers"
+                   + ("" if rv["effective"] else " (NOT effective: too few agreed)"))
+        print(r["new_cid"])
+    return 0 if r["revoked"]["effective"] else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     s = _call(args, "node.status")
     if args.json:
@@ -491,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = a.add_parser("revoke", parents=[common], help="stop all further key releases for an AI you published")
     s.add_argument("cid")
     s.set_defaults(fn=cmd_ai_revoke)
+    s = a.add_parser("rotate", parents=[common], help="re-publish an AI under a fresh key and revoke the old CID")
+    s.add_argument("cid", help="the AI CID to retire")
+    s.add_argument("dir", help="the AI directory to publish again")
+    s.set_defaults(fn=cmd_ai_rotate)
 
     s = sub.add_parser("submit", parents=[common], help="run an AI on your input in an attested enclave")
     s.add_argument("cid", metavar="AI_CID")

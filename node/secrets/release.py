@@ -89,6 +89,17 @@ class Releaser:
     def __init__(self, identity: Identity, genesis: Genesis, store: ShareStore, audit: AuditLog, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.identity, self.genesis, self.store, self.audit, self.clock = identity, genesis, store, audit, clock
+        # Requests whose consumer announced the job over (market.done): their
+        # ACL entries are revoked by the DOS peers; refuse them here too, in
+        # memory (a restart falls back to the entries' not_after).
+        # Only the request's consumer (named in its ACL entry) can end it, so a
+        # peer gossiping "done" for someone else's request blocks nothing.
+        self.finished: dict[str, str] = {}  # request id -> peer that said it ended
+
+    def job_finished(self, request_id: str, by_peer: str) -> None:
+        self.finished[request_id] = by_peer
+        if len(self.finished) > 100_000:
+            self.finished.pop(next(iter(self.finished)))
 
     def decide(self, requester: str, msg: Any) -> dict[str, Any]:
         """The answer to one share request from peer ``requester``; audited; never raises for bad input."""
@@ -112,6 +123,8 @@ class Releaser:
         ctx.update(request_id=e.request_id, ai_cid=e.ai_cid, consumer=e.consumer,
                    enclave_key_sha256=e.enclave_key_sha256, measurement=e.measurement, not_after=e.not_after)
         now = self.clock()
+        if self.finished.get(e.request_id) == e.consumer:
+            return _refusal("finished", f"request {e.request_id} has ended; its ACL entry is revoked")
         ok, reason = verify_quorum(e, req.signatures, self.genesis, now)
         if not ok:
             return _refusal("acl", f"ACL entry not valid: {reason}")

@@ -221,5 +221,15 @@ class StoreService:
                 raise RpcError(NODE_ERROR, "this node has no Secret Store to revoke at")
             return await self.on_revoke(c.encode())
 
+        async def ai_rotate(cid: str, dir: str, progress: Progress) -> dict[str, Any]:
+            """A new key for an AI: publish the directory again (fresh key, so a
+            new CID), then revoke the old CID so no enclave gets its key again."""
+            old = parse_cid(cid).encode()
+            new = await ai_publish(dir, progress)
+            await progress({"stage": "revoking the old key"})
+            revoked = await ai_revoke(old)
+            return {"old_cid": old, "new_cid": new["cid"], "published": new, "revoked": revoked}
+
         api.method("ai.inspect", ai_inspect)
         api.method("ai.revoke", ai_revoke)
+        api.method("ai.rotate", ai_rotate, timeout=3600)

@@ -120,3 +120,16 @@ def test_revoked_ai_gets_no_key(flow):
     # Someone else cannot revoke it: only the depositor owns the AI.
     other = call(flow["nodes"][1]["socket"], "ai.revoke", {"cid": flow["digits"]})
     assert not other["effective"]
+
+
+def test_rotated_ai_old_cid_refused_new_cid_runs(flow):
+    consumer = flow["nodes"][1]["socket"]
+    wc = str(REPO / "examples" / "wordcount-python")
+    old = call(consumer, "ai.publish", {"dir": wc}, timeout=60)["cid"]
+    r = call(consumer, "ai.rotate", {"cid": old, "dir": wc}, timeout=60)
+    assert r["old_cid"] == old and r["new_cid"] != old and r["revoked"]["effective"]
+    data = base64.b64encode(b"to be or not to be").decode()
+    job = call(consumer, "job.submit", {"ai_cid": r["new_cid"], "input_b64": data, "deadline_s": 60}, timeout=90)
+    assert json.loads(base64.b64decode(job["output_b64"]))["words"] == 6
+    with pytest.raises(RpcError, match="job failed"):
+        call(consumer, "job.submit", {"ai_cid": old, "input_b64": data, "deadline_s": 30}, timeout=60)

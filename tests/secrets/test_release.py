@@ -265,3 +265,17 @@ def test_rebuild_skips_a_bad_share_when_more_than_t_arrive(world):
     two[1].value[0] ^= 1
     with pytest.raises(enclave_side.ShareError, match="bad shares"):
         enclave_side.rebuild_key(two)
+
+
+
+def test_finished_job_gets_no_more_shares(world):
+    """market.done from the request's consumer stops releases; from another peer it changes nothing."""
+    enc = SimEnclave()
+    e = world.entry(enc)
+    req = enc.share_request(e, world.signed(e))
+    for r in world.releasers:
+        r.job_finished(e.request_id, "12D3KooWSomeoneElse1111111111111111111111111111111")
+    assert all(r.decide("relay", req)["ok"] for r in world.releasers)
+    for r in world.releasers:
+        r.job_finished(e.request_id, e.consumer)
+    refused(world, req, "finished", "has ended")
