@@ -32,6 +32,9 @@ $(STAMPS)/apt: Makefile
 
 $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "installing python3-venv"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing ofnode into $(VENV)"
 	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test,train]' 2>&1 | { grep -v '^WARNING: Location' || true; }; \
