@@ -235,7 +235,8 @@ class Blockstore:
                     pass  # quarantined (or vanished): write a good copy
             if not path.parent.is_dir():
                 path.parent.mkdir(exist_ok=True)
-                _fsync_dir(self.blocks_dir)
+                if self._batch_depth == 0:  # a batch ends with os.sync(), which covers the new shard
+                    _fsync_dir(self.blocks_dir)
             _write_atomic(path, bytes(data), sync=self._batch_depth == 0)
         return True
 
