@@ -195,24 +195,11 @@ class AttestService:
                 await trio.to_thread.run_sync(self.store.prune, self.clock())
 
     async def _handle_stream(self, stream: Any) -> None:
-        try:
-            peer = peer_of(stream)
-            with trio.move_on_after(self.timeout):
-                try:
-                    msg = await wire.read_message(stream, MAX_REQUEST)
-                except wire.WireError as e:
-                    answer = _refuse(f"malformed: {e}")
-                else:
-                    answer = await self.handle(peer, msg)
-                await wire.write_message(stream, answer, MAX_RESPONSE)
-        except Exception as e:  # a handler must never take the node down
-            log.debug("attest stream failed", extra={"error": f"{type(e).__name__}: {str(e)[:200]}"})
-        finally:
-            with trio.move_on_after(1):
-                try:
-                    await stream.close()
-                except Exception:
-                    pass
+        async def malformed(peer: str, reason: str) -> dict[str, Any]:
+            return _refuse(reason)
+
+        await wire.serve_stream(stream, self.handle, malformed, timeout=self.timeout, max_request=MAX_REQUEST,
+                                max_response=MAX_RESPONSE, what="attest")
 
     # -- the decision ------------------------------------------------------------
     async def handle(self, peer: str, msg: dict[str, Any]) -> dict[str, Any]:

@@ -121,6 +121,33 @@ def register_local(host: Any, protocol: str, handler: LocalHandler) -> None:
     _LOCAL[(host.get_id().to_base58(), protocol)] = handler
 
 
+async def serve_stream(stream: Any, handler: LocalHandler, malformed: Callable[[str, str], Awaitable[dict[str, Any]]],
+                       *, timeout: float, max_request: int, max_response: int, what: str) -> None:
+    """Serve one request/response stream: read a message, answer it with
+    ``handler(peer, msg)`` (or ``malformed(peer, reason)``), close. Nothing a
+    peer sends, and no failure of the stream, escapes: a stream handler that
+    raises would take py-libp2p's whole connection down."""
+    try:
+        peer = stream.muxed_conn.peer_id.to_base58()
+        with trio.move_on_after(timeout):
+            try:
+                msg = await read_message(stream, max_request)
+            except WireError as e:
+                answer = await malformed(peer, f"malformed: {e}")
+            else:
+                answer = await handler(peer, msg)
+            await write_message(stream, answer, max_response)
+    except Exception as e:  # logged; the node carries on (see above)
+        logging.getLogger("ofnode.wire").debug(f"{what} stream failed",
+                                               extra={"error": f"{type(e).__name__}: {str(e)[:200]}"})
+    finally:
+        with trio.move_on_after(1):
+            try:
+                await stream.close()
+            except Exception as e:  # closing a reset stream fails; nothing left to do
+                logging.getLogger("ofnode.wire").debug("stream close failed", extra={"error": str(e)[:100]})
+
+
 async def request(host: Any, peer_id: str, protocol: str, msg: dict[str, Any], *, max_request: int,
                   max_response: int, timeout: float) -> dict[str, Any]:
     """Open a stream to ``peer_id``, send ``msg``, return the reply object.

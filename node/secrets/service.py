@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from enclave.cid import Cid, CidError
 
 from ..dos import wire
-from ..dos.service import ihost, peer_of
+from ..dos.service import ihost
 from ..genesis import Genesis
 from ..identity import Identity
 from enclave import secret_client as enclave_side
@@ -108,26 +108,14 @@ class SecretsService:
 
     # -- streams -------------------------------------------------------------------
     async def _serve(self, stream: Any, handler: Callable[[str, dict[str, Any]], Any]) -> None:
-        try:
-            peer = peer_of(stream)
-            with trio.move_on_after(self.timeout):
-                try:
-                    msg = await wire.read_message(stream, MAX_REQUEST)
-                except wire.WireError as e:
-                    answer = _refuse("malformed", f"malformed: {e}")
-                    await trio.to_thread.run_sync(
-                        lambda: self.audit.append("refuse", code="malformed", reason=answer["error"], peer=peer))
-                else:
-                    answer = await handler(peer, msg)
-                await wire.write_message(stream, answer, MAX_RESPONSE)
-        except Exception as e:  # never let a stream take the node down
-            log.debug("secrets stream failed", extra={"error": f"{type(e).__name__}: {str(e)[:200]}"})
-        finally:
-            with trio.move_on_after(1):
-                try:
-                    await stream.close()
-                except Exception:
-                    pass
+        async def malformed(peer: str, reason: str) -> dict[str, Any]:
+            answer = _refuse("malformed", reason)
+            await trio.to_thread.run_sync(
+                lambda: self.audit.append("refuse", code="malformed", reason=answer["error"], peer=peer))
+            return answer
+
+        await wire.serve_stream(stream, handler, malformed, timeout=self.timeout, max_request=MAX_REQUEST,
+                                max_response=MAX_RESPONSE, what="secrets")
 
     async def _share_stream(self, stream: Any) -> None:
         await self._serve(stream, self.handle_share)
