@@ -16,6 +16,7 @@ import trio
 from enclave.backends import BackendUnavailable, get_backend
 from enclave.backends.process import TAIL_BYTES
 from enclave.backends.sim import SimBackend
+from tests.parts import require_part
 
 from .conftest import Box, procs_with
 
@@ -166,7 +167,7 @@ def test_sweep_removes_orphans_of_dead_nodes() -> None:
     try:
         cg = cgroups.EnclaveCgroup.create("ofnode-999999999-1", 64 << 20, 8, 1)  # no such pid
     except cgroups.CgroupUnavailable as exc:
-        pytest.skip(f"no cgroups here: {exc}")
+        require_part("cgroups", False, str(exc))
     token = os.urandom(6).hex()
     orphan = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > "$1" && exec sleep 60 # {token}', "sh",
                                cg.procs_files()[0]])
@@ -207,8 +208,7 @@ async def test_runs_without_seccomp_and_says_so(box: Box, monkeypatch) -> None:
     sim_mod._seccomp_note.cache_clear()
     try:
         backend = SimBackend()
-        if not backend.available().ok:
-            pytest.skip(backend.available().reason)
+        require_part("the sim backend", backend.available().ok, backend.available().reason)
         assert "WITHOUT a syscall filter" in backend.available().reason
         info = await box.run(backend, "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])")
         assert info.reason == "ok" and info.stderr_tail.strip() == "0"

@@ -13,6 +13,8 @@ import signal
 import pytest
 import trio
 
+from tests.parts import require_part
+
 from .conftest import ROOT, Box, procs_with
 
 BACKENDS = ["sim", "sim_plain"]
@@ -75,8 +77,8 @@ print("not stopped", n)
 @pytest.mark.parametrize("which", BACKENDS)
 async def test_fork_limit(which, request, box: Box) -> None:
     """(g) fork fails (EAGAIN) once max_pids tasks exist; the sleeping children die with the enclave."""
-    if which == "sim_plain" and not ROOT:
-        pytest.skip("RLIMIT_NPROC is per host uid: exact only with a sandbox uid of its own (node as root)")
+    if which == "sim_plain":  # RLIMIT_NPROC is per host uid: exact only with a sandbox uid of its own
+        require_part("root (a sandbox uid per enclave)", ROOT)
     backend = request.getfixturevalue(which)
     token = os.urandom(6).hex()
     info = await box.run(backend, FORK_COUNT + f"# {token}", max_pids=16)
@@ -111,8 +113,8 @@ while True:
 
 async def test_threads_bound_cpu_bandwidth(sim, box: Box) -> None:
     """With a cpu cgroup, threads=1 caps two busy processes at about one core together."""
-    if "cpu," not in sim.available().reason + "," or len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs the cpu cgroup controller and 2+ cores")
+    require_part("the cpu cgroup controller and 2+ cores",
+                 "cpu," in sim.available().reason + "," and len(os.sched_getaffinity(0)) >= 2)
     probe = """
 import os, time
 for _ in range(2):
@@ -137,8 +139,7 @@ async def test_concurrent_enclaves_each_get_their_own_cgroup(box: Box, tmp_path)
     from .conftest import _require
 
     a, b = _require(SimBackend()), _require(SimBackend())
-    if "limits: cgroup v" not in a.available().reason:
-        pytest.skip("no cgroups here")
+    require_part("cgroups", "limits: cgroup v" in a.available().reason, a.available().reason)
     other = Box(tmp_path / "b", tmp_path / "b" / "scratch", tmp_path / "b" / "sock")
     other.scratch.mkdir(parents=True)
     other.sock.mkdir()
