@@ -201,7 +201,7 @@ async def request(host: Any, peer_id: str, protocol: str, msg: dict[str, Any], *
                 cleanup.shield = True  # also when the caller was cancelled
                 try:
                     await (stream.close() if finished else stream.reset())
-                except Exception:
+                except Exception:  # the stream is already gone; the answer (or error) is decided
                     pass
 
 

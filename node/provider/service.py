@@ -42,6 +42,7 @@ from ..market import messages as m
 from ..market.election import coordinator_rank, matches
 from ..secrets.service import request_shares
 from ..store.ai_publish import read_manifest
+from ..store.blockstore import BlockNotFound, CorruptBlock
 from ..store.fetch import FetchError
 from ..store.service import StoreService
 from .relay import splice
@@ -220,8 +221,11 @@ class ProviderService:
         try:
             raw, manifest = await trio.to_thread.run_sync(read_manifest, root, blocks)
             local = True
-        except Exception:
+        except (BlockNotFound, CorruptBlock):  # not (all) here yet: fetch it
             local = False
+        except ValueError as e:  # not an AI object, or a bad manifest: nothing to run
+            await self._decline(job, f"not a valid AI: {e}")
+            return
         if not local:
             try:
                 with trio.fail_after(FETCH_TIMEOUT):
