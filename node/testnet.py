@@ -102,6 +102,7 @@ def up(
     timeout: float = 60.0,
     log_level: str = "info",
     say: Callable[[str], None] = lambda s: None,
+    backend: str = "sim",
 ) -> dict[str, Any]:
     if nodes < 1 or nodes > 200:
         raise TestnetError("--nodes must lie in 1..200")
@@ -149,7 +150,7 @@ def up(
                     "reconnect_interval": 0.5, "reconnect_max": 5.0},
             "log": {"level": log_level, "file": str(d / "node.log")},
             "metrics": {"enabled": True, "listen": "127.0.0.1:0"},
-            "provider": {"relay_capture": True},
+            "provider": {"relay_capture": True, "backend": backend},
         }
         atomic_write(d / "config.toml", tomli_w.dumps(cfg).encode(), mode=0o600)
         r, w = os.pipe()

@@ -394,7 +394,8 @@ def cmd_testnet_up(args: argparse.Namespace) -> int:
     say = (lambda s: None) if args.json else output.say
     try:
         st = testnet.up(Path(args.dir), args.nodes, args.dos, args.secrets, args.providers,
-                        args.dos_quorum, args.secrets_threshold, timeout=args.timeout, log_level=args.log_level, say=say)
+                        args.dos_quorum, args.secrets_threshold, timeout=args.timeout, log_level=args.log_level, say=say,
+                        backend=args.backend)
     except testnet.TestnetError as e:
         raise CliError(str(e)) from None
     if args.json:
@@ -559,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", default="./testnet", help="testnet directory (default ./testnet)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the network (default 60)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--backend", default="sim", choices=["sim", "docker", "gramine-direct", "gramine-sgx"],
+                   help="enclave backend of the providers (default sim: bubblewrap sandbox)")
     s.set_defaults(fn=cmd_testnet_up)
     s = t.add_parser("status", parents=[common], help="show the nodes of a testnet")
     s.add_argument("--dir", default="./testnet")
