@@ -36,13 +36,11 @@ import functools
 import logging
 import math
 import os
-import random
 import re
 import resource
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 from pathlib import Path
 
@@ -62,12 +60,14 @@ from enclave.backends.base import (
     ExitInfo,
 )
 from enclave.backends.process import LocalEnclaveProcess, RawExit, spawn
+from enclave.backends.sandbox_uid import (
+    SANDBOX_UID_RANGE,
+    UidPool,
+    check_dirs,
+    hand_over,
+)
 
 __all__ = ["SANDBOX_UID_RANGE", "SimBackend"]
-
-#: Host uids handed to sandboxes when the node is root: far above any real user
-#: and above the usual subuid ranges; one per enclave, never reused while in use.
-SANDBOX_UID_RANGE = range(2_000_000_000, 2_100_000_000)
 
 _log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class SimBackend(Backend):
         self.use_cgroups = use_cgroups
         self.use_seccomp = use_seccomp
         self._bwrap = bwrap
-        self._uids_in_use: set[int] = set()
+        self._uids = UidPool()
         self._availability: Availability | None = None
         self._swept = False
 
@@ -175,16 +175,16 @@ class SimBackend(Backend):
             raise BackendUnavailable(avail.reason)
         bwrap = self.bwrap_path()
         assert bwrap
-        _check_dirs(spec)
+        check_dirs(spec, other_uid=_is_root())
         if self.use_cgroups and not self._swept:
             self._swept = True
             cgroups.sweep_stale()
-        uid = self._allocate_uid() if _is_root() else None
+        uid = self._uids.allocate() if _is_root() else None
         cg: cgroups.EnclaveCgroup | None = None
         seccomp_fd = info_r = info_w = -1
         try:
             if uid is not None:
-                _hand_over(spec, uid)
+                hand_over(spec, uid)
             if self.use_cgroups:
                 try:
                     cg = cgroups.EnclaveCgroup.create(
@@ -204,8 +204,7 @@ class SimBackend(Backend):
         except BaseException:
             if cg is not None:
                 cg.remove()
-            if uid is not None:
-                self._uids_in_use.discard(uid)
+            self._uids.release(uid)
             if info_r >= 0:
                 os.close(info_r)
             raise
@@ -218,8 +217,7 @@ class SimBackend(Backend):
             if cg is not None:
                 cg.kill_all()
                 cg.remove()
-            if uid is not None:
-                self._uids_in_use.discard(uid)
+            self._uids.release(uid)
 
         proc = LocalEnclaveProcess(
             popen, stderr_fd,
@@ -241,40 +239,6 @@ class SimBackend(Backend):
             await proc.aclose()
             raise
         return proc
-
-    def _allocate_uid(self) -> int:
-        while True:
-            uid = random.choice(SANDBOX_UID_RANGE)
-            if uid not in self._uids_in_use:
-                self._uids_in_use.add(uid)
-                return uid
-
-
-def _check_dirs(spec: EnclaveSpec) -> None:
-    for label, d in (("socket_dir", spec.socket_dir), ("scratch_dir", spec.scratch_dir)):
-        if not d.is_dir():
-            raise BackendError(f"{label} {d} is not a directory")
-    for d in spec.code_dirs:
-        if not d.exists():
-            raise BackendError(f"code dir {d} does not exist")
-        if _is_root() and d.is_dir() and (d.stat().st_mode & 0o005) != 0o005:
-            raise BackendError(
-                f"code dir {d} is not world-readable; the sandbox runs as an unprivileged uid (chmod o+rx)")
-
-
-def _hand_over(spec: EnclaveSpec, uid: int) -> None:
-    """Give the sandbox uid its two writable directories (and the sockets already there).
-
-    Mode 0750 with the node's group: bwrap itself (uid 0 without capabilities
-    when it chdirs) still gets in; other host users do not.
-    """
-    gid = os.getegid()
-    for d in (spec.scratch_dir, spec.socket_dir):
-        os.chown(d, uid, gid)
-        os.chmod(d, 0o750)
-    for entry in os.scandir(spec.socket_dir):
-        if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
-            os.chown(entry.path, uid, gid, follow_symlinks=False)
 
 
 def _rlimits(spec: EnclaveSpec, *, uid: int | None, cgroup: cgroups.EnclaveCgroup | None) -> list[str]:
