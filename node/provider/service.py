@@ -95,7 +95,9 @@ class ProviderService:
     # -- what we offer -------------------------------------------------------
     def tees(self) -> list[str]:
         out = []
-        if self.inventory.backend_ok("sim") and self.genesis.sim_root_key:
+        # Simulated attestation runs in whichever non-SGX backend is configured (sim or docker).
+        if self.backend_name in ("sim", "docker") and self.inventory.backend_ok(self.backend_name) \
+                and self.genesis.sim_root_key:
             out.append("sim")
         if self.inventory.sgx.usable:
             out.append("sgx")
