@@ -52,9 +52,10 @@ def _lazy(module: str, cls: str) -> Callable[[], Backend]:
     return make
 
 
-# name -> factory; later: "docker", "gramine-direct", "gramine-sgx".
+# name -> factory
 _FACTORIES: dict[str, Callable[[], Backend]] = {
     "sim": _lazy("enclave.backends.sim", "SimBackend"),
+    "docker": _lazy("enclave.backends.docker", "DockerBackend"),
 }
 _INSTANCES: dict[str, Backend] = {}
 

@@ -198,6 +198,14 @@ class Backend(abc.ABC):
     async def start(self, spec: EnclaveSpec) -> EnclaveProcess:
         """Start an enclave; raise ``BackendUnavailable`` or ``BackendError`` if it cannot."""
 
+    def sweep(self) -> int:
+        """Remove what enclaves of nodes that died left behind; return how many (blocking).
+
+        A node calls it once at start (in a worker thread), before it runs
+        enclaves, so a crash never leaks containers or cgroups for long.
+        """
+        return 0
+
 
 def runtime_code_dirs() -> tuple[Path, ...]:
     """The host directories needed to run ``python -m enclave.runtime`` with this interpreter.

@@ -157,6 +157,11 @@ class SimBackend(Backend):
         notes.append(f"limits: {cgroups.probe()}" if self.use_cgroups else "limits: cgroups disabled by configuration")
         return Availability(True, "; ".join(notes))
 
+    def sweep(self) -> int:
+        """Kill and remove the cgroups of sandboxes whose node died."""
+        self._swept = True
+        return cgroups.sweep_stale() if self.use_cgroups else 0
+
     # -- start ---------------------------------------------------------------
 
     async def start(self, spec: EnclaveSpec) -> EnclaveProcess:
@@ -176,9 +181,8 @@ class SimBackend(Backend):
         bwrap = self.bwrap_path()
         assert bwrap
         check_dirs(spec, other_uid=_is_root())
-        if self.use_cgroups and not self._swept:
-            self._swept = True
-            cgroups.sweep_stale()
+        if not self._swept:
+            self.sweep()
         uid = self._uids.allocate() if _is_root() else None
         cg: cgroups.EnclaveCgroup | None = None
         seccomp_fd = info_r = info_w = -1

@@ -115,10 +115,24 @@ class ProviderService:
 
     # -- lifecycle -----------------------------------------------------------
     async def run(self) -> None:
+        await self._sweep_backend()
         self.host.set_stream_handler(ENCLAVE_PROTOCOL, self._on_consumer_stream)
         async with trio.open_nursery() as n:
             self._nursery = n
             await trio.sleep_forever()
+
+    async def _sweep_backend(self) -> None:
+        """Remove enclaves (containers, cgroups) that a previous run of this node left when it died."""
+        if not self.inventory.backend_ok(self.backend_name):
+            return
+        try:
+            with trio.fail_after(60):
+                n = await trio.to_thread.run_sync(get_backend(self.backend_name).sweep)
+        except Exception as e:  # noqa: BLE001 - a failed sweep must not stop the node; it is retried next start
+            log.warning("could not sweep leftover %s enclaves: %s", self.backend_name, e)
+            return
+        if n:
+            log.info("removed %d enclave(s) left over by a node that died", n)
 
     async def _on_request(self, msg: SignedMessage) -> None:
         try:
