@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMPS := .stamps
 # Debian packages, each named with a command it provides: a command already on
 # PATH (e.g. node/npm from another source) is not reinstalled over.
-APT_NEEDS := bwrap:bubblewrap ip:iproute2 ps:procps npm:npm node:nodejs setpriv:util-linux
+APT_NEEDS := bwrap:bubblewrap ip:iproute2 ps:procps npm:npm node:nodejs setpriv:util-linux dockerd:docker.io
 # Libraries with no command of their own.
 APT_LIBS := libseccomp2
 PYTEST_ARGS ?=
@@ -44,7 +44,10 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 demo: $(STAMPS)/venv
 	@$(BIN)/python examples/demo.py
 
+# The docker-backend tests need a dockerd: one that answers is used, else one
+# is started (root only) that leaves the host network alone; .ci/run stops it.
 test: $(STAMPS)/venv
+	@tests/helpers/dockerd.sh start
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMPS)/venv
