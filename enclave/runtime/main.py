@@ -1,6 +1,6 @@
 """The in-enclave runtime: attest, fetch and check the AI, serve requests over TLS.
 
-``python -m enclave.runtime --socket PATH [--quote-source sim-host|dev-attestation]
+``python -m enclave.runtime --socket PATH|tcp:HOST:PORT|env:VAR [--quote-source sim-host|dev-attestation]
 [--attestation-dir DIR] [--scratch DIR]``
 
 Lifecycle (``docs/enclave-runtime.md``):
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import os
 import queue
 import shutil
 import sys
@@ -273,10 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scratch", help="directory for the private working dir (default: the temp dir)")
     args = p.parse_args(argv)
     sys.dont_write_bytecode = True
+    address = args.socket
+    if address.startswith("env:"):  # Gramine: the per-job address stays out of the measured argv
+        address = os.environ.get(address[4:], "")
     try:
-        chan = Channel.connect(args.socket)
+        chan = Channel.connect(address)
     except OSError as exc:
-        print(f"enclave: cannot connect to {args.socket}: {exc}", file=sys.stderr)
+        print(f"enclave: cannot connect to {address!r} (--socket {args.socket}): {exc}", file=sys.stderr)
         return 1
     scratch = Path(tempfile.mkdtemp(prefix="ofnode-enclave-", dir=args.scratch))
     try:
