@@ -274,13 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scratch", help="directory for the private working dir (default: the temp dir)")
     args = p.parse_args(argv)
     sys.dont_write_bytecode = True
-    address = args.socket
-    if address.startswith("env:"):  # Gramine: the per-job address stays out of the measured argv
-        address = os.environ.get(address[4:], "")
+    address = os.environ.get(args.socket[4:], "") if args.socket.startswith("env:") else args.socket  # Gramine
     try:
         chan = Channel.connect(address)
-    except OSError as exc:
-        print(f"enclave: cannot connect to {address!r} (--socket {args.socket}): {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"enclave: cannot connect to {address!r}: {exc}", file=sys.stderr)
         return 1
     scratch = Path(tempfile.mkdtemp(prefix="ofnode-enclave-", dir=args.scratch))
     try:
