@@ -105,7 +105,14 @@ class ProviderService:
 
     def announcement(self) -> dict[str, Any]:
         return {"cpu": self.inventory.cores, "memory": self.inventory.memory_available_bytes, "tees": self.tees(),
-                "backends": [b.name for b in self.inventory.backends if b.ok], "capacity": self.capacity}
+                "backends": self.offered_backends(), "capacity": self.capacity}
+
+    def offered_backends(self) -> list[str]:
+        """The backends jobs here actually run in (a host may have more that work)."""
+        return [self.backend_for(tee) for tee in self.tees()]
+
+    def backend_for(self, tee: str) -> str:
+        return self.backend_name if tee == "sim" else "gramine-sgx"
 
     def _sim_qe(self) -> SimQuotingEnclave:
         if self._qe is None:
@@ -143,8 +150,7 @@ class ProviderService:
         if len(self.requests) > 10_000:
             self.requests.pop(next(iter(self.requests)))
         tee = req.requirements.tee
-        backend = self.backend_name if tee == "sim" else "gramine-sgx"
-        offer = m.Offer(req.id, backend, tee, self.price, self.inventory.cores,
+        offer = m.Offer(req.id, self.backend_for(tee), tee, self.price, self.inventory.cores,
                         self.inventory.memory_available_bytes, tuple(str(a) for a in self.host.get_addrs()),
                         load=len(self.jobs))
         reason = None
