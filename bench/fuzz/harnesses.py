@@ -1,0 +1,695 @@
+"""One fuzz harness per decoder of outside bytes (issue 8).
+
+Each :class:`Harness` has a ``target(data: bytes) -> None`` that feeds ``data``
+to one decoder and lets through only what is a bug: the decoder's documented
+rejection (its own exception type) is swallowed; any other exception, a broken
+round trip or a failed property is raised. ``seeds()`` builds real, valid
+inputs (the seed corpus: mutations of valid inputs reach deep code quickly).
+
+The same registry drives the atheris runner (``bench/fuzz/run.py``) and the
+hypothesis tests (``tests/fuzz/``). Nothing here is imported by the node.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+NETWORK = "fuzznet"
+T0_MS = 1_790_000_000_000  # a fixed "now" so that envelopes and certificates never go stale
+NOW_S = int(time.time())  # certificates and collateral are made for this process's "now"
+KEY = bytes(range(32))  # the package key the harnesses encrypt seeds with
+
+
+class Bug(AssertionError):
+    """A property a decoder must hold was broken (not a rejection)."""
+
+
+@dataclass(frozen=True)
+class Harness:
+    name: str
+    decoder: str  # what is fuzzed, for the docs and reports
+    rejects: str  # the only exception the decoder may raise
+    target: Callable[[bytes], None]
+    seeds: Callable[[], list[bytes]]
+
+
+REGISTRY: dict[str, Harness] = {}
+
+
+def harness(name: str, decoder: str, rejects: str, seeds: Callable[[], list[bytes]]):
+    def register(fn: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        REGISTRY[name] = Harness(name, decoder, rejects, fn, seeds)
+        return fn
+    return register
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise Bug(what)
+
+
+# ---------------------------------------------------------------------------
+# shared fixtures (built once per process)
+
+@functools.cache
+def _ids() -> list[Any]:
+    from node.identity import Identity
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    # deterministic keys: seeds are the same in every run
+    return [Identity(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"fuzz%d" % i).digest())) for i in range(4)]
+
+
+@functools.cache
+def _pki() -> Any:
+    from enclave.quotes.sim_pki import SimPki
+    from enclave.quotes.sim_qe import SimQuotingEnclave
+
+    pki = SimPki.generate(NETWORK, now=NOW_S - 86400)
+    return pki, SimQuotingEnclave(pki, seed=b"fuzz-platform", now=NOW_S - 3600)
+
+
+MRENCLAVE = hashlib.sha256(b"fuzz enclave").digest()
+NONCE = bytes(range(32))
+
+
+@functools.cache
+def _ratls() -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from enclave import ratls
+
+    pki, qe = _pki()
+    key = ec.derive_private_key(int.from_bytes(hashlib.sha256(b"fuzz tls key").digest(), "big") >> 8, ec.SECP256R1())
+    cert, _ = ratls.make_evidence(key, NONCE, lambda rd: qe.quote(MRENCLAVE, rd))
+    spki = ratls.spki_der(key)
+    claims = ratls.dice_claims(spki, NONCE)
+    dice = ratls.dice_evidence(qe.quote(MRENCLAVE, ratls.dice_report_data(claims)), claims)
+    legacy = qe.quote(MRENCLAVE, ratls.report_data(spki, NONCE))
+    return {"cert": cert, "spki": spki, "dice": dice, "legacy": legacy,
+            "collateral": qe.collateral(now=NOW_S), "root": pki.root_cert_der}
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _ai_dirs() -> list[Path]:
+    return sorted(p.parent for p in EXAMPLES.glob("*/ai.toml"))
+
+
+# ---------------------------------------------------------------------------
+# gossip envelopes (node/p2p/envelope.py)
+
+def _envelope_seeds() -> list[bytes]:
+    from node.p2p.envelope import seal
+
+    a = _ids()[0]
+    return [seal(a, NETWORK, "node.note", b"hello", timestamp_ms=T0_MS),
+            seal(a, NETWORK, "market.request", b'{"id":"00"}', timestamp_ms=T0_MS - 5000),
+            seal(_ids()[1], NETWORK, "node.announce", b"", timestamp_ms=T0_MS + 1000)]
+
+
+@harness("envelope", "node.p2p.envelope.open_envelope", "EnvelopeRejected", _envelope_seeds)
+def envelope(data: bytes) -> None:
+    from node.p2p.envelope import EnvelopeRejected, message_id, open_envelope
+
+    try:
+        msg = open_envelope(data, NETWORK, max_bytes=65536, max_age_ms=120_000, max_future_ms=10_000, now=T0_MS)
+    except EnvelopeRejected as e:
+        check(e.reason in ("oversize", "malformed", "bad_signature", "wrong_network", "stale", "future"), e.reason)
+        return
+    check(message_id(data) == msg.id, "message_id differs from the opened envelope's id")
+
+
+# ---------------------------------------------------------------------------
+# market messages (node/market/messages.py)
+
+def _market_objects() -> list[Any]:
+    from node.market import messages as m
+
+    p = [i.peer_id for i in _ids()]
+    cid = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+    rid = "ab" * 16
+    return [
+        m.ExecutionRequest(rid, cid, m.Requirements(cpu=2, memory=1 << 20, tee="sim", backend="sim", max_price=3),
+                           "11" * 32, T0_MS, 300),
+        m.Offer(rid, "sim", "sim", 1, 4, 1 << 30, ("/ip4/127.0.0.1/tcp/4001",), 2),
+        m.Assignment(rid, p[1], 1, T0_MS, (p[2],)),
+        m.Failed(rid, "no offer"), m.Retry(rid, p[1], 0), m.Done(rid, True), m.Decline(rid, 0, "manifest refused"),
+        *([m.Attested(rid, 0, p[1], "cd" * 32, _acl_entry_dict(), [_acl_sig_dict()])] if hasattr(m, "Attested") else []),
+    ]
+
+
+def _market_seeds() -> list[bytes]:
+    from node.market import messages as m
+
+    return [m.encode(o) for o in _market_objects()]
+
+
+@harness("market", "node.market.messages: decode + every message's parse", "MessageError", _market_seeds)
+def market(data: bytes) -> None:
+    from node.market import messages as m
+
+    try:
+        d = m.decode(data)
+    except m.MessageError:
+        return
+    classes = [m.ExecutionRequest, m.Offer, m.Assignment, m.Failed, m.Retry, m.Done, m.Decline]
+    if hasattr(m, "Attested"):
+        classes.append(m.Attested)
+    for cls in classes:
+        try:
+            obj = cls.parse(d)
+        except m.MessageError:
+            continue
+        check(cls.parse(m.decode(m.encode(obj))) == obj, f"{cls.__name__} does not round-trip")
+
+
+def _announce_seeds() -> list[bytes]:
+    return [json.dumps({"name": "node0", "roles": ["provider", "dos"], "addrs": ["/ip4/127.0.0.1/tcp/4001"],
+                        "version": "0.1.0", "inventory": {"cpu": 4, "memory": 1 << 30, "tees": ["sim"],
+                                                          "backends": ["sim"]}}).encode(),
+            json.dumps({"name": "n", "roles": [], "addrs": []}).encode()]
+
+
+@harness("announce", "node.daemon.parse_announcement (node.announce payloads)", "AnnounceError", _announce_seeds)
+def announce(data: bytes) -> None:
+    from node.daemon import AnnounceError, parse_announcement
+
+    try:
+        info = parse_announcement(data)
+    except AnnounceError:
+        return
+    json.dumps(info)  # what the node keeps is plain JSON
+    check(len(info["name"]) <= 64 and len(info["addrs"]) <= 16, "announcement limits not applied")
+
+
+# ---------------------------------------------------------------------------
+# JSON-RPC (node/api/server.py framing + dispatch)
+
+@functools.cache
+def _api() -> Any:
+    from node.api.server import ApiServer
+    from node.metrics import node_metrics
+
+    s = ApiServer(Path("/nonexistent/fuzz.sock"), node_metrics())
+
+    async def echo(text: str = "", n: int = 0) -> dict[str, Any]:
+        return {"text": text, "n": n}
+
+    async def slow(progress, steps: int = 1) -> int:
+        for i in range(min(int(steps), 3)):
+            await progress({"step": i})
+        return steps
+
+    async def boom() -> None:
+        raise RuntimeError("method failed")
+
+    s.method("echo", echo)
+    s.method("slow", slow)
+    s.method("boom", boom)
+    return s
+
+
+def _jsonrpc_seeds() -> list[bytes]:
+    return [b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"hi","n":2}}',
+            b'{"jsonrpc":"2.0","id":"a","method":"slow","params":{"steps":2}}',
+            b'[{"jsonrpc":"2.0","id":1,"method":"echo"},{"jsonrpc":"2.0","method":"boom"}]',
+            b'{"jsonrpc":"2.0","method":"echo","params":null}',
+            b'{"jsonrpc":"2.0","id":null,"method":"rpc.nope","params":[1]}']
+
+
+@harness("jsonrpc", "node.api.server: one request line (parse, batch, dispatch, reply)", "(a JSON-RPC error reply)",
+         _jsonrpc_seeds)
+def jsonrpc(data: bytes) -> None:
+    import trio
+
+    out: list[bytes] = []
+
+    async def send(b: bytes) -> None:
+        out.append(b)
+
+    async def go() -> None:
+        await _api()._answer_line(data, send)
+
+    trio.run(go)
+    for line in out:
+        check(line.endswith(b"\n") and b"\n" not in line[:-1], "reply is not one line")
+        reply = json.loads(line.decode("utf-8"))  # must be strict UTF-8 JSON
+        for r in reply if isinstance(reply, list) else [reply]:
+            check(isinstance(r, dict) and r.get("jsonrpc") == "2.0", "reply is not a JSON-RPC object")
+
+
+# ---------------------------------------------------------------------------
+# AI manifest, AI object, package (enclave/)
+
+def _manifest_seeds() -> list[bytes]:
+    return [(d / "ai.toml").read_bytes() for d in _ai_dirs()]
+
+
+@harness("ai_manifest", "enclave.ai_manifest.parse_manifest (ai.toml)", "ManifestError", _manifest_seeds)
+def ai_manifest(data: bytes) -> None:
+    from enclave.ai_manifest import ManifestError, parse_manifest
+
+    try:
+        parse_manifest(data)
+    except ManifestError:
+        return
+
+
+def _ai_object_seeds() -> list[bytes]:
+    from enclave import ai_object
+
+    return [ai_object.header(m) + b"encrypted package" for m in _manifest_seeds()[:2]] + [ai_object.header(b"")]
+
+
+@harness("ai_object", "enclave.ai_object.split (AI object header)", "AiObjectError", _ai_object_seeds)
+def ai_object(data: bytes) -> None:
+    from enclave import ai_object as ao
+
+    results = []
+    for step in (len(data) or 1, 7):
+        try:
+            manifest, tail = ao.split(data[i:i + step] for i in range(0, len(data), step))
+        except ao.AiObjectError as e:
+            results.append(str(e))
+            continue
+        rest = b"".join(tail)
+        check(ao.header(manifest) + rest == data, "split loses or invents bytes")
+        results.append(manifest)
+    check(results[0] == results[1], "split depends on how the bytes are chunked")
+
+
+@functools.cache
+def _package_plain() -> bytes:
+    from enclave.package import pack
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ai"
+        (root / "pkg").mkdir(parents=True)
+        (root / "ai.toml").write_text('name = "x"\n')
+        (root / "pkg" / "m.py").write_text("def run(b):\n    return b\n")
+        (root / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(root / "run.sh", 0o755)
+        return b"".join(pack(root))
+
+
+def _decrypt_seeds() -> list[bytes]:
+    from enclave.package import encrypt_stream
+
+    return [b"".join(encrypt_stream([_package_plain()], KEY, chunk_size=64)),
+            b"".join(encrypt_stream([b"x" * 100], KEY, chunk_size=64)),
+            b"".join(encrypt_stream([], KEY, chunk_size=64))]
+
+
+@harness("package_decrypt", "enclave.package.decrypt_stream (encrypted AI package)", "PackageError", _decrypt_seeds)
+def package_decrypt(data: bytes) -> None:
+    from enclave.package import PackageError, decrypt_stream
+
+    try:
+        for _ in decrypt_stream(data, KEY):
+            pass
+    except PackageError:
+        return
+
+
+@functools.cache
+def _scratch() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ofnode-fuzz-"))
+
+
+@harness("package_unpack", "enclave.package.unpack (decrypted AI archive)", "PackageError",
+         lambda: [_package_plain()])
+def package_unpack(data: bytes) -> None:
+    from enclave.package import PackageError, unpack
+
+    dest = _scratch() / "out"
+    try:
+        tree = unpack(data, dest, max_bytes=1 << 20, max_files=64)
+    except PackageError:
+        check(not dest.exists(), "a refused archive left files behind")
+        return
+    finally:
+        if dest.exists():
+            shutil.rmtree(dest)
+    check(all(not p.startswith("/") and ".." not in p.split("/") for p in tree), "unsafe path accepted")
+
+
+# ---------------------------------------------------------------------------
+# quotes and RA-TLS
+
+def _quote_seeds() -> list[bytes]:
+    _, qe = _pki()
+    return [qe.quote(MRENCLAVE, bytes(64)), qe.quote(MRENCLAVE, bytes(range(64)), debug=True)]
+
+
+@harness("quote", "enclave.quotes.layout.parse (DCAP v3 quote)", "QuoteFormatError", _quote_seeds)
+def quote(data: bytes) -> None:
+    from enclave.quotes import layout
+
+    try:
+        q = layout.parse(data)
+    except layout.QuoteFormatError:
+        return
+    check(q.to_bytes() == data, "quote does not round-trip")
+
+
+@harness("ratls_cert", "enclave.ratls_verify.verify_ratls_cert (RA-TLS certificate)", "RaTlsError",
+         lambda: [_ratls()["cert"]])
+def ratls_cert(data: bytes) -> None:
+    from enclave import ratls_verify as rv
+
+    r = _ratls()
+    try:
+        ev = rv.verify_ratls_cert(data, expected_mrenclave=MRENCLAVE, nonce=NONCE, root_ca_der=r["root"],
+                                  collateral=r["collateral"], now=NOW_S)
+    except rv.RaTlsError:
+        return
+    check(ev.spki_der == r["spki"], "a certificate for another key verified")
+
+
+@harness("ratls_dice", "enclave.ratls_verify: TCG DICE evidence (CBOR) of an RA-TLS certificate", "RaTlsError",
+         lambda: [_ratls()["dice"]])
+def ratls_dice(data: bytes) -> None:
+    from enclave import ratls_verify as rv
+    from enclave.quotes import layout
+
+    r = _ratls()
+    try:
+        rv._verify_dice(data, layout.parse(r["legacy"]), r["spki"], NONCE, r["collateral"], r["root"],
+                        NOW_S, ("UpToDate",))
+    except rv.RaTlsError:
+        return
+
+
+def _response_seeds() -> list[bytes]:
+    return [json.dumps({"status": "ok", "output_len": 5, "receipt": {"v": 1}, "signature": "AA=="}).encode(),
+            json.dumps({"status": "error", "error": "bad request"}).encode()]
+
+
+@harness("enclave_response", "enclave.ratls_verify.parse_response_header (the enclave's answer)", "RaTlsError",
+         _response_seeds)
+def enclave_response(data: bytes) -> None:
+    from enclave import ratls_verify as rv
+
+    try:
+        h = rv.parse_response_header(data, max_output=1 << 20)
+    except rv.RaTlsError:
+        return
+    check(0 <= h["output_len"] <= 1 << 20 and isinstance(h["status"], str), "header fields not checked")
+
+
+def _collateral_seeds() -> list[bytes]:
+    _, qe = _pki()
+    return [json.dumps(qe.collateral_dict(now=NOW_S)).encode()]
+
+
+@harness("collateral", "node.dos.collateral.parse_collateral (DCAP collateral JSON)", "CollateralError",
+         _collateral_seeds)
+def collateral(data: bytes) -> None:
+    from node.dos.collateral import CollateralError, parse_collateral
+
+    try:
+        parse_collateral(data)
+    except CollateralError:
+        return
+
+
+# ---------------------------------------------------------------------------
+# content addressing: CIDs, dag-pb/UnixFS, Bitswap
+
+def _cid_seeds() -> list[bytes]:
+    from enclave.cid import DAG_PB, RAW, Cid
+
+    return [Cid.for_block(RAW, b"x").to_bytes(), Cid.for_block(DAG_PB, b"y").to_bytes(),
+            Cid.for_block(DAG_PB, b"y", version=0).to_bytes() if _has_v0() else b""]
+
+
+def _has_v0() -> bool:
+    import inspect
+    from enclave.cid import Cid
+
+    return "version" in inspect.signature(Cid.for_block).parameters
+
+
+@harness("cid_bytes", "enclave.cid.Cid.from_bytes (binary CID)", "CidError", _cid_seeds)
+def cid_bytes(data: bytes) -> None:
+    from enclave.cid import Cid, CidError
+
+    try:
+        c = Cid.from_bytes(data)
+    except CidError:
+        return
+    check(Cid.from_bytes(c.to_bytes()) == c and Cid.decode(c.encode()) == c, "CID does not round-trip")
+
+
+def _cid_text_seeds() -> list[bytes]:
+    from enclave.cid import Cid
+
+    return [Cid.from_bytes(b).encode().encode() for b in _cid_seeds() if b] + [
+        b"QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"]
+
+
+@harness("cid_text", "enclave.cid.Cid.decode (CID strings)", "CidError", _cid_text_seeds)
+def cid_text(data: bytes) -> None:
+    from enclave.cid import Cid, CidError
+
+    try:
+        c = Cid.decode(_text(data))
+    except CidError:
+        return
+    check(Cid.decode(c.encode()) == c, "CID string does not round-trip")
+
+
+def _dagpb_seeds() -> list[bytes]:
+    from enclave.unixfs import import_chunks
+
+    blocks: list[bytes] = []
+    import_chunks([os.urandom(300_000)], put=lambda cid, block: blocks.append(bytes(block)))
+    return [b for b in blocks if len(b) < 4096][:4]
+
+
+@harness("dagpb", "node.store.unixfs.decode_pbnode + decode_unixfs (dag-pb / UnixFS blocks)", "UnixfsError",
+         _dagpb_seeds)
+def dagpb(data: bytes) -> None:
+    from node.store.unixfs import UnixfsError, decode_pbnode, decode_unixfs, encode_pbnode, encode_unixfs
+
+    try:
+        node = decode_pbnode(data)
+    except UnixfsError:
+        node = None
+    if node is not None:
+        check(decode_pbnode(encode_pbnode(node)) == node, "dag-pb node does not round-trip")
+        if node.data is not None:
+            try:
+                fs = decode_unixfs(node.data)
+            except UnixfsError:
+                return
+            check(decode_unixfs(encode_unixfs(fs)) == fs, "UnixFS data does not round-trip")
+    try:
+        decode_unixfs(data)
+    except UnixfsError:
+        pass
+
+
+def _bitswap_seeds() -> list[bytes]:
+    from enclave.cid import RAW, Cid
+    from node.store import bitswap_pb2 as pb
+    from node.store.exchange import block_prefix, encode_answer
+
+    c = Cid.for_block(RAW, b"block")
+    msg = pb.Message()
+    msg.wantlist.full = True
+    e = msg.wantlist.entries.add()
+    e.block, e.priority, e.wantType, e.sendDontHave = c.to_bytes(), 1, 1, True
+    body = msg.SerializeToString()
+    ans = encode_answer([(block_prefix(c), b"block")], [(c.to_bytes(), 1)])
+    return [body, ans[len(ans) - len(ans.lstrip(b"\x80\xff")) + 1:] if False else _strip_varint(ans)]
+
+
+def _strip_varint(b: bytes) -> bytes:
+    from enclave.cid import decode_uvarint
+
+    _, pos = decode_uvarint(b, 0)
+    return b[pos:]
+
+
+@harness("bitswap", "node.store.exchange.decode_message (Bitswap 1.2 message)", "ProtocolViolation", _bitswap_seeds)
+def bitswap(data: bytes) -> None:
+    from node.store.exchange import ProtocolViolation, decode_message
+
+    try:
+        decode_message(data)
+    except ProtocolViolation:
+        return
+
+
+# ---------------------------------------------------------------------------
+# DOS and secrets wire messages (node/dos, node/secrets, enclave/secret_client)
+
+def _acl_entry_dict() -> dict[str, Any]:
+    from enclave.cid import RAW, Cid
+
+    return {"network_id": NETWORK, "request_id": "ab" * 16, "ai_cid": Cid.for_block(RAW, b"ai").encode(),
+            "enclave_key_sha256": hashlib.sha256(_ratls()["spki"]).hexdigest(), "measurement": MRENCLAVE.hex(),
+            "consumer": _ids()[2].peer_id, "not_after": NOW_S + 3600}
+
+
+def _acl_sig_dict() -> dict[str, Any]:
+    from node.dos.acl import AclEntry
+
+    return AclEntry.from_dict(_acl_entry_dict()).sign(_ids()[0]).to_dict()
+
+
+def _dos_seeds() -> list[bytes]:
+    import base64
+    from enclave import secret_client
+
+    r = _ratls()
+    ev = {"request_id": "ab" * 16, "ai_cid": _acl_entry_dict()["ai_cid"], "consumer": _ids()[2].peer_id,
+          "nonce": NONCE.hex(), "quote": base64.b64encode(r["legacy"]).decode(),
+          "enclave_key_spki": base64.b64encode(r["spki"]).decode(), "not_after": NOW_S + 600}
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.derive_private_key(12345, ec.SECP256R1())
+    req = secret_client.build_share_request(_acl_entry_dict(), [_acl_sig_dict()], key,
+                                            secret_client.new_hpke_key())
+    return [json.dumps(x, separators=(",", ":")).encode() for x in (ev, _acl_entry_dict(), _acl_sig_dict(), req)]
+
+
+@harness("dos_wire", "node.dos.wire.decode_body + parse_evidence, AclEntry/AclSignature.from_dict, "
+                     "parse_share_request", "WireError / AclError", _dos_seeds)
+def dos_wire(data: bytes) -> None:
+    from node.dos import wire
+    from node.dos.acl import AclEntry, AclError, AclSignature
+    from node.dos.service import parse_evidence
+    from node.secrets.release import parse_share_request
+
+    try:
+        d = wire.decode_body(data)
+    except wire.WireError:
+        return
+    for fn, err in ((parse_evidence, wire.WireError), (parse_share_request, wire.WireError),
+                    (AclEntry.from_dict, AclError), (AclSignature.from_dict, AclError)):
+        try:
+            obj = fn(d)
+        except err:
+            continue
+        if isinstance(obj, (AclEntry, AclSignature)):
+            check(type(obj).from_dict(obj.to_dict()) == obj, f"{type(obj).__name__} does not round-trip")
+
+
+@harness("wire_frame", "node.dos.wire.read_message (length-prefixed stream frame)", "WireError",
+         lambda: [__import__("node.dos.wire", fromlist=["encode_frame"]).encode_frame(json.loads(s), 1 << 16)
+                  for s in _dos_seeds()[:2]])
+def wire_frame(data: bytes) -> None:
+    import trio
+    from node.dos import wire
+
+    class Stream:
+        def __init__(self) -> None:
+            self.pos = 0
+
+        async def read(self, n: int) -> bytes:
+            chunk = data[self.pos:self.pos + min(n, 13)]
+            self.pos += len(chunk)
+            return chunk
+
+    async def go() -> None:
+        try:
+            await wire.read_message(Stream(), 4096)
+        except wire.WireError:
+            pass
+
+    trio.run(go)
+
+
+# ---------------------------------------------------------------------------
+# the enclave channel (enclave/runtime/channel.py)
+
+def _channel_seeds() -> list[bytes]:
+    from enclave.runtime import channel as ch
+
+    return [ch.encode_ctrl({"op": "hello", "v": 1}) + ch.encode(7, ch.OPEN) + ch.encode_data(7, b"abc")
+            + ch.encode(7, ch.CLOSE), ch.encode_ctrl({"op": "stop"})]
+
+
+@harness("channel", "enclave.runtime.channel.FrameParser (host <-> enclave frames)", "ChannelError", _channel_seeds)
+def channel(data: bytes) -> None:
+    from enclave.runtime import channel as ch
+
+    whole: list[Any] = []
+    try:
+        whole = ch.FrameParser().feed(data)
+    except ch.ChannelError:
+        whole = None  # type: ignore[assignment]
+    p, pieces = ch.FrameParser(), []
+    try:
+        for i in range(0, len(data), 5):
+            pieces += p.feed(data[i:i + 5])
+    except ch.ChannelError:
+        pieces = None  # type: ignore[assignment]
+    if whole is not None and pieces is not None:
+        check(pieces == whole, "frames depend on how the bytes arrive")
+    if whole:
+        check(b"".join(ch.encode(f.stream, f.kind, f.payload) for f in whole) == data[:sum(9 + len(f.payload)
+                                                                                           for f in whole)],
+              "frames do not round-trip")
+
+
+# ---------------------------------------------------------------------------
+# genesis and config TOML (operator files)
+
+def _genesis_seeds() -> list[bytes]:
+    out = []
+    for p in [REPO / "config" / "genesis.template.toml", *REPO.glob("tests/**/genesis*.toml")]:
+        if p.is_file():
+            out.append(p.read_bytes())
+    return out
+
+
+def _load_from(data: bytes, load: Callable[[Path], Any], name: str) -> Any:
+    path = _scratch() / name
+    path.write_bytes(data)
+    return load(path)
+
+
+@harness("genesis", "node.genesis.load_genesis (genesis TOML)", "GenesisError", _genesis_seeds)
+def genesis(data: bytes) -> None:
+    from node.genesis import GenesisError, load_genesis
+
+    try:
+        _load_from(data, load_genesis, "genesis.toml")
+    except GenesisError:
+        return
+
+
+@harness("config", "node.config.load_config (config.toml)", "ConfigError",
+         lambda: [(REPO / "config" / "default.toml").read_bytes(), b'[gossip]\ndegree = 8\n'])
+def config(data: bytes) -> None:
+    from node.config import ConfigError, load_config
+
+    try:
+        _load_from(data, lambda p: load_config(_scratch(), path=p), "config.toml")
+    except ConfigError:
+        return
+
+
+# ---------------------------------------------------------------------------
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str) -> Harness:
+    return REGISTRY[name]
