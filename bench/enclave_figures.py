@@ -1,6 +1,6 @@
 """Enclave figures: start-to-ready time, and inference inside vs outside the enclave.
 
-Run: .venv/bin/python bench/enclave_figures.py [--runs 20] [--requests 200] [--sandbox]
+Run: .venv/bin/python bench/enclave_figures.py [--runs 20] [--requests 200] [--backend plain|sim|docker]
 
 1. Start to ready, p50 over ``--runs`` fresh enclaves (digits AI, sim quotes):
    launch -> evidence at the host (process up, key made, both quotes, RA-TLS
@@ -13,8 +13,11 @@ Run: .venv/bin/python bench/enclave_figures.py [--runs 20] [--requests 200] [--s
    end-to-end request latency (stream + handshake + pin check + request +
    response).
 
-``--sandbox`` launches through the sim backend (bubblewrap) instead of a
-plain subprocess.  Prints plain numbers.
+``--backend sim`` (or ``--sandbox``) launches through the sim backend
+(bubblewrap), ``--backend docker`` through the docker backend (a hardened
+container; target ready < 700 ms), and then also times a bare
+``docker run --rm`` of the same image in the same run, for reference.
+Prints plain numbers.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 class Setup:
-    def __init__(self, sandbox: bool) -> None:
+    def __init__(self, backend: str) -> None:
         now = int(time.time())
         self.pki = SimPki.generate("bench", now=now)
         self.qe = SimQuotingEnclave(self.pki, seed=b"bench", now=now)
@@ -69,13 +72,14 @@ class Setup:
         self.mrenclave = measure.mrenclave(self.manifest.encode())
         self.quote_fn = host.sim_quote_fn(self.qe, self.manifest.encode())
         self.launcher = host.subprocess_launcher
-        if sandbox:
-            from enclave.backends.sim import SimBackend
+        self.backend = None
+        if backend != "plain":
+            from enclave.backends import get_backend
 
-            backend = SimBackend()
-            if not backend.available().ok:
-                sys.exit(f"sim backend unavailable: {backend.available().reason}")
-            self.launcher = host.backend_launcher(backend, cpu_seconds=600)
+            self.backend = get_backend(backend)
+            if not self.backend.available().ok:
+                sys.exit(f"{backend} backend unavailable: {self.backend.available().reason}")
+            self.launcher = host.backend_launcher(self.backend, cpu_seconds=600)
 
     def job(self, n: int = 1) -> host.Job:
         return host.Job("bench-" + os.urandom(4).hex(), os.urandom(32), self.cid, self.manifest, max_requests=n)
@@ -107,7 +111,8 @@ async def start_to_ready(s: Setup, runs: int) -> None:
     print(f"  launch -> evidence at host           {p50(evidence):7.1f}   (p90 {pct(evidence, .9):.1f})")
     print(f"    of which key+2 quotes+cert+TLS ctx  {p50(inner):7.1f}   (inside the runtime)")
     print(f"  first TLS handshake + RA-TLS verify   {p50(handshake):7.1f}")
-    print(f"  launch -> TLS up (target < 300)       {p50(total):7.1f}   (p90 {pct(total, .9):.1f})")
+    target = 700 if s.backend is not None and s.backend.name == "docker" else 300
+    print(f"  launch -> TLS up (target < {target})       {p50(total):7.1f}   (p90 {pct(total, .9):.1f})")
     print(f"  launch -> AI fetched, checked, loaded {p50(ready):7.1f}")
 
 
@@ -181,13 +186,31 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--sandbox", action="store_true", help="launch through the sim backend (bubblewrap)")
+    ap.add_argument("--backend", choices=["plain", "sim", "docker"], default="plain",
+                    help="how the runtime is launched (default: a plain subprocess)")
+    ap.add_argument("--sandbox", action="store_true", help="same as --backend sim")
     args = ap.parse_args()
-    s = Setup(args.sandbox)
-    print(f"launcher: {'sim backend (bubblewrap)' if args.sandbox else 'plain subprocess'}; "
-          f"digits AI package {len(s.ct)} bytes")
+    backend = "sim" if args.sandbox else args.backend
+    s = Setup(backend)
+    print(f"launcher: {backend}; digits AI package {len(s.ct)} bytes")
     await start_to_ready(s, args.runs)
+    if backend == "docker":
+        bare_docker_run(s, args.runs)
     await inference(s, args.requests)
+
+
+def bare_docker_run(s: Setup, runs: int) -> None:
+    """Reference: ``docker run --rm`` of the same image running ``true`` (no hardening, no Python)."""
+    import subprocess
+
+    image = s.backend.ensure_image()
+    argv = ["docker", "run", "--rm", "--network", "none", "-v", "/usr:/usr:ro", image, "/usr/bin/true"]
+    times = []
+    for _ in range(runs + 1):
+        t = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        times.append((time.perf_counter() - t) * 1e3)
+    print(f"  reference: bare `docker run --rm IMAGE true` {p50(times[1:]):7.1f}   (p90 {pct(times[1:], .9):.1f})")
 
 
 if __name__ == "__main__":
