@@ -78,7 +78,7 @@ async def test_hardening_as_docker_reports_it(docker: DockerBackend, box: Box) -
         uid = int(cfg["User"].split(":")[0])
         assert uid in SANDBOX_UID_RANGE
         for b in h["Binds"]:
-            host_path, inside, mode = b.split(":")
+            _, inside, mode = b.split(":")
             assert mode == "ro" or inside == "/run/ofnode", b
         assert proc.pid > 0 and os.path.exists(f"/proc/{proc.pid}")
     assert not [c for c in containers(docker) if c["Id"] == proc.container_id]  # removed once reaped
