@@ -108,10 +108,11 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise CliError(f"unknown role {r!r}; roles: {', '.join(ROLES)}", EXIT_USAGE)
     if args.genesis:
         try:
-            load_genesis(args.genesis)
+            g = load_genesis(args.genesis)
         except GenesisError as e:
             raise CliError(str(e), EXIT_USAGE) from None
-        atomic_write(ddir / "genesis.toml", Path(args.genesis).read_bytes(), mode=0o644)
+        # A sim genesis carries the sim root CA's private key: private, as Genesis.save writes it.
+        atomic_write(ddir / "genesis.toml", Path(args.genesis).read_bytes(), mode=0o600 if g.sim_root_key else 0o644)
     doc: dict[str, Any] = {"node": {"roles": args.role}}
     if args.listen:
         doc["p2p"] = {"listen": args.listen}

@@ -1,0 +1,127 @@
+"""The operator docs stay true to the code: every config key with its default
+in docs/configuration.md, every genesis key in docs/genesis.md, the documented
+sim-genesis recipe works, and the shipped systemd unit is well formed."""
+from __future__ import annotations
+
+import configparser
+import math
+import re
+import shlex
+import stat
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from node.cli.main import main as cli_main
+from node.config import DEFAULTS_PATH, _load_defaults, documented_keys
+from node.genesis import _SCHEMA, load_genesis
+from node.identity import Identity
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+UNIT_DIR = ROOT / "config" / "systemd"
+
+
+# -- configuration.md ---------------------------------------------------------
+def _doc_rows(text: str) -> dict[str, list[str]]:
+    """Table rows whose first cell is a `dotted.key`: key -> the other cells."""
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\|\s*`([a-z0-9_]+\.[a-z0-9_]+)`\s*\|(.*)\|\s*$", line)
+        if m:
+            rows[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
+    return rows
+
+
+def _toml_literal(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_literal(x) for x in v) + "]"
+    return repr(v)
+
+
+def test_every_config_key_is_in_the_reference_with_its_default() -> None:
+    rows = _doc_rows((DOCS / "configuration.md").read_text())
+    defaults = _load_defaults()
+    missing = [k for k in documented_keys() if k not in rows]
+    assert not missing, f"config keys missing from docs/configuration.md: {missing}"
+    for key in documented_keys():
+        section, name = key.split(".")
+        cells = rows[key]
+        assert len(cells) == 3, f"{key}: expected | key | type | default | what |"
+        typ, default = cells[0], cells[1]
+        assert default == f"`{_toml_literal(defaults[section][name])}`", f"{key}: docs say {default}"
+        value = defaults[section][name]
+        kind = {bool: "bool", int: "int", float: "float", str: "string", list: "list"}[type(value)]
+        assert typ.startswith(kind), f"{key}: type {typ!r} should start with {kind!r}"
+
+
+def test_reference_names_no_key_that_does_not_exist() -> None:
+    reference = (DOCS / "configuration.md").read_text().split("## Reference", 1)[1].split("\n## ", 1)[0]
+    rows = _doc_rows(reference)
+    keys = set(documented_keys())
+    # Genesis keys are in genesis.md; configuration.md's tables hold config keys only.
+    stale = [k for k in rows if k not in keys]
+    assert not stale, f"docs/configuration.md documents keys default.toml lacks: {stale}"
+
+
+def test_float_defaults_are_written_as_floats() -> None:
+    """A float key whose default were written `2` would refuse `2.5` (the type comes from the default)."""
+    for section, table in tomllib.loads(DEFAULTS_PATH.read_text()).items():
+        for k, v in table.items():
+            if isinstance(v, float):
+                assert math.isfinite(v), f"{section}.{k}"
+
+
+# -- genesis.md -----------------------------------------------------------------
+def test_every_genesis_key_is_documented() -> None:
+    doc = (DOCS / "genesis.md").read_text()
+    rows = _doc_rows(doc)
+    missing = [f"{s}.{k}" for s, keys in _SCHEMA.items() for k in keys if f"{s}.{k}" not in rows]
+    assert not missing, f"genesis keys missing from docs/genesis.md: {missing}"
+    for section in _SCHEMA:
+        assert f"### `[{section}]`" in doc, f"no heading for [{section}]"
+
+
+def test_genesis_template_has_every_key() -> None:
+    doc = tomllib.loads((ROOT / "config" / "genesis.template.toml").read_text())
+    for section, keys in _SCHEMA.items():
+        if section == "sim":
+            continue  # testnets only; the template is a production starting point
+        assert set(doc[section]) == set(keys), section
+
+
+def test_documented_sim_genesis_recipe_works(tmp_path, monkeypatch) -> None:
+    doc = (DOCS / "genesis.md").read_text()
+    code = textwrap.dedent(re.search(r"```python\n(.*?)\n *```", doc, re.S).group(1))  # type: ignore[union-attr]
+    dos, sec = Identity.generate().peer_id, Identity.generate().peer_id
+    code = code.replace('dos_peers=("12D3KooW...",)', f"dos_peers=({dos!r},)")
+    code = code.replace('secrets_peers=("12D3KooW...",)', f"secrets_peers=({sec!r},)")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/genesis.md", "exec"), {})
+    g = load_genesis(tmp_path / "genesis.toml")
+    assert g.network_id == "mynet" and g.dos_peers == (dos,) and g.secrets_peers == (sec,)
+    assert g.sim_root_key and g.policy.sim_root_ca and g.policy.mrsigner
+    assert stat.S_IMODE((tmp_path / "genesis.toml").stat().st_mode) == 0o600
+
+
+def test_init_keeps_a_sim_genesis_private(tmp_path, monkeypatch, capsys) -> None:
+    """docs: genesis.toml is 0644, 0600 when it carries the sim root key."""
+    monkeypatch.chdir(tmp_path)
+    from node.genesis import Genesis, Policy
+
+    Genesis("plain", "x", (), 1, (), 1, Policy()).save(tmp_path / "plain.toml")
+    from enclave.quotes.sim_pki import SimPki
+
+    pki = SimPki.generate("simnet")
+    Genesis("simnet", "x", (), 1, (), 1, Policy(sim_root_ca=pki.root_cert_der),
+            sim_root_key=pki.root_key_pem().decode()).save(tmp_path / "sim.toml")
+    for name, mode in (("plain", 0o644), ("sim", 0o600)):
+        d = tmp_path / f"d-{name}"
+        assert cli_main(["init", "--data-dir", str(d), "--genesis", str(tmp_path / f"{name}.toml"), "--json"]) == 0
+        assert stat.S_IMODE((d / "genesis.toml").stat().st_mode) == mode, name
