@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -50,7 +50,7 @@ from enclave.runtime import tls as wire
 
 __all__ = [
     "RaTlsError", "VerifiedEvidence", "Response", "verify_ratls_cert", "extract_evidence",
-    "client_context", "check_peer", "open_trio_client", "trio_request", "verify_receipt", "pyopenssl_context",
+    "client_context", "check_peer", "open_trio_client", "trio_request", "parse_response_header", "verify_receipt", "pyopenssl_context",
 ]
 
 
@@ -197,7 +197,7 @@ def verify_ratls_cert(cert_der: bytes, *, expected_mrenclave: bytes | set[bytes]
         if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
             raise ValueError("key is not ECDSA P-256")
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature) as exc:
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
         raise RaTlsError("certificate", f"{type(exc).__name__}: {exc}") from None
     when = dt.datetime.fromtimestamp(now_s, dt.timezone.utc)
     if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
@@ -319,12 +319,26 @@ async def trio_request(stream: Any, data: bytes, *, max_output: int = 1 << 30) -
     await stream.send_all(wire.encode_request(data))
     (hlen,) = wire.RESP_HEADER.unpack(await _receive_exact(stream, wire.RESP_HEADER.size))
     if hlen > wire.MAX_RESPONSE_HEADER:
-        raise ValueError(f"response header of {hlen} bytes")
-    header = json.loads(await _receive_exact(stream, hlen))
-    n = int(header.get("output_len", 0))
-    if not 0 <= n <= max_output:
-        raise ValueError(f"response output of {n} bytes")
-    return Response(str(header.get("status")), await _receive_exact(stream, n), header)
+        raise RaTlsError("response", f"response header of {hlen} bytes")
+    header = parse_response_header(await _receive_exact(stream, hlen), max_output=max_output)
+    return Response(header["status"], await _receive_exact(stream, header["output_len"]), header)
+
+
+def parse_response_header(raw: bytes, *, max_output: int = 1 << 30) -> dict:
+    """The enclave's response header: a JSON object with a string ``status`` and an
+    ``output_len`` in 0..max_output (0 when absent).  Raises RaTlsError('response')."""
+    try:
+        header = json.loads(bytes(raw).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RaTlsError("response", f"response header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise RaTlsError("response", "response header is not a JSON object")
+    n = header.get("output_len", 0)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= max_output:
+        raise RaTlsError("response", f"response output_len {str(n)[:40]} is not an integer in 0..{max_output}")
+    if not isinstance(header.get("status"), str):
+        raise RaTlsError("response", "response header has no string status")
+    return {**header, "output_len": n}
 
 
 def verify_receipt(resp: Response, evidence: VerifiedEvidence, data: bytes, *, request_id: str | None = None) -> dict:

@@ -188,7 +188,10 @@ def parse_collateral(doc: Any) -> CachedCollateral:
         _crl_next_update(raw["pck_crl"], "collateral.pck_crl"),
     ]
     pck_issuer = _certs(doc["pck_crl_issuer_chain"], "collateral.pck_crl_issuer_chain")[0]
-    cn = " ".join(a.value for a in pck_issuer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME))  # type: ignore[misc]
+    try:  # the subject is parsed lazily: a malformed one raises only here
+        cn = " ".join(str(a.value) for a in pck_issuer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME))
+    except ValueError as e:
+        raise CollateralError(f"collateral.pck_crl_issuer_chain: bad issuer subject ({e})") from None
     if "Processor" in cn:
         ca = "processor"
     elif "Platform" in cn:

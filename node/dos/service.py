@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import trio
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -81,7 +82,7 @@ def load_p256_spki(spki: bytes) -> ec.EllipticCurvePublicKey:
     """The ECDSA P-256 public key in canonical SPKI DER ``spki``; wire.WireError otherwise."""
     try:
         key = serialization.load_der_public_key(bytes(spki))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # e.g. an EC key on an unknown curve
         raise wire.WireError("enclave_key_spki: not a DER SubjectPublicKeyInfo") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise wire.WireError("enclave_key_spki: not an ECDSA P-256 key")

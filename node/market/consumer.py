@@ -11,7 +11,6 @@ request, the coordinator's reason ends the job at once.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -51,7 +50,7 @@ class _Watch:
     def __init__(self) -> None:
         self.assignments: dict[int, m.Assignment] = {}
         self.ranks: dict[int, int] = {}  # attempt -> rank of the DOS peer whose assignment we keep
-        self.attested: dict[tuple[int, str], dict[str, Any]] = {}
+        self.attested: dict[tuple[int, str], m.Attested] = {}
         self.declined: dict[tuple[int, str], str] = {}
         self.failed: str | None = None
         self.last_decline = ""
@@ -102,24 +101,24 @@ class Consumer:
 
     async def _on_attested(self, msg: SignedMessage) -> None:
         try:
-            d = json.loads(msg.payload)
-            w = self._watches.get(d["request_id"])
-            if w is None or not isinstance(d.get("attempt"), int) or d.get("provider") != msg.sender:
-                return
-        except (ValueError, KeyError, TypeError):
+            a = m.Attested.parse(m.decode(msg.payload))
+        except m.MessageError:
             return
-        w.attested[(d["attempt"], msg.sender)] = d
+        w = self._watches.get(a.request_id)
+        if w is None or a.provider != msg.sender:
+            return
+        w.attested[(a.attempt, msg.sender)] = a
         w.poke()
 
     async def _on_decline(self, msg: SignedMessage) -> None:
         try:
-            d = json.loads(msg.payload)
-            w = self._watches.get(d["request_id"])
-            if w is None:
-                return
-            w.declined[(int(d["attempt"]), msg.sender)] = str(d.get("reason", ""))[:400]
-        except (ValueError, KeyError, TypeError):
+            d = m.Decline.parse(m.decode(msg.payload))
+        except m.MessageError:
             return
+        w = self._watches.get(d.request_id)
+        if w is None:
+            return
+        w.declined[(d.attempt, msg.sender)] = d.reason[:400]
         w.poke()
 
     # -- the job ------------------------------------------------------------
@@ -198,6 +197,8 @@ class Consumer:
             await stage("attested", measurement=entry.measurement[:16])
             try:
                 return await self._talk(request, job, a.provider, entry, cert_sha256, data, stage)
+            except ratls_verify.RaTlsError as e:  # the enclave, its certificate or its answer is not right
+                raise JobFailed(f"enclave check failed: {e}") from None
             except (trio.BrokenResourceError, EOFError, ConnectionError, wire.WireError, OSError) as e:
                 log.info("provider lost mid-job; asking for the next offer",
                          extra={"job": job.id, "provider": a.provider, "error": str(e)[:200]})
@@ -213,12 +214,12 @@ class Consumer:
                 return v
             await w.changed.wait()
 
-    def _check_acl(self, request: m.ExecutionRequest, att: dict[str, Any]) -> tuple[AclEntry, str]:
+    def _check_acl(self, request: m.ExecutionRequest, att: m.Attested) -> tuple[AclEntry, str]:
         try:
-            entry = AclEntry.from_dict(att["entry"])
-            sigs = [AclSignature.from_dict(s) for s in att["signatures"]]
-            cert_sha256 = str(att["cert_sha256"])
-        except (KeyError, TypeError, AclError) as e:
+            entry = AclEntry.from_dict(att.entry)
+            sigs = [AclSignature.from_dict(s) for s in att.signatures]
+            cert_sha256 = att.cert_sha256
+        except AclError as e:
             raise JobFailed(f"malformed attestation: {e}") from None
         if (entry.request_id, entry.ai_cid, entry.consumer) != (request.id, request.ai_cid, self.identity.peer_id):
             raise JobFailed("the ACL entry is for another request, AI or consumer")

@@ -231,3 +231,27 @@ class Decline:
         _only(d, {"request_id", "attempt", "reason"}, "decline")
         return cls(request_id=_hex(d, "request_id", 16), attempt=_uint(d, "attempt", 64),
                    reason=_get(d, "reason", str)[:500])
+
+
+@dataclass(frozen=True)
+class Attested:
+    """The assigned provider's enclave holds a quorum-signed ACL entry. ``entry`` and
+    ``signatures`` are checked as an AclEntry and AclSignatures where they are used
+    (the consumer checks them against its request and the genesis DOS peers)."""
+
+    request_id: str
+    attempt: int
+    provider: str
+    cert_sha256: str  # hex SHA-256 of the enclave's RA-TLS certificate
+    entry: dict[str, Any]
+    signatures: list[dict[str, Any]]
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> "Attested":
+        _only(d, {"request_id", "attempt", "provider", "cert_sha256", "entry", "signatures"}, "attested")
+        sigs = _get(d, "signatures", list)
+        if len(sigs) > 64 or not all(isinstance(s, dict) for s in sigs):
+            raise MessageError("signatures: expected at most 64 objects")
+        return cls(request_id=_hex(d, "request_id", 16), attempt=_uint(d, "attempt", 64),
+                   provider=_peer(d, "provider"), cert_sha256=_hex(d, "cert_sha256", 32),
+                   entry=_get(d, "entry", dict), signatures=sigs)
