@@ -44,6 +44,7 @@ __all__ = [
     "hash_tree",
     "check_files",
     "format_files_table",
+    "loads_toml",
 ]
 
 #: File name of the manifest at the root of an AI directory.  It is the one
@@ -364,6 +365,38 @@ def load_manifest(path: str | os.PathLike[str]) -> AiManifest:
     return parse_manifest(data)
 
 
+#: How deep arrays and tables may nest in a TOML file we read (ai.toml, genesis, config).
+MAX_TOML_DEPTH = 32
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads`` that fails only with ``tomllib.TOMLDecodeError``.
+
+    ``tomllib`` itself lets ``RecursionError`` (deeply nested arrays) and
+    ``ValueError`` (an integer with more digits than Python converts) escape,
+    and accepts dotted keys nested deeper than any code walking the document
+    can recurse; all of these are TOML this project refuses.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except RecursionError:
+        raise tomllib.TOMLDecodeError(f"arrays or tables nested deeper than {MAX_TOML_DEPTH}") from None
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise tomllib.TOMLDecodeError(str(e)) from None
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_TOML_DEPTH:
+            raise tomllib.TOMLDecodeError(f"arrays or tables nested deeper than {MAX_TOML_DEPTH}")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return doc
+
+
 def parse_manifest(data: bytes | str) -> AiManifest:
     """Parse and validate the text of an ``ai.toml``.
 
@@ -379,7 +412,7 @@ def parse_manifest(data: bytes | str) -> AiManifest:
     else:
         text = data
     try:
-        doc = tomllib.loads(text)
+        doc = loads_toml(text)
     except tomllib.TOMLDecodeError as e:
         raise ManifestError("", f"invalid TOML: {e}") from e
 

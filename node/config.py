@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from enclave.ai_manifest import loads_toml
+
 DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 ROLES = ("provider", "dos", "secrets")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -176,9 +178,11 @@ def load_config(data_dir: str | os.PathLike[str] | None = None, path: str | os.P
     if path or cfg_path.exists():
         try:
             with open(cfg_path, "rb") as f:
-                user = tomllib.load(f)
+                user = loads_toml(f.read().decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{cfg_path}: no such config file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{cfg_path}: not UTF-8 ({e})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{cfg_path}: not valid TOML: {e}") from None
     values = _merge(_load_defaults(), user, source)

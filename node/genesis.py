@@ -13,6 +13,8 @@ from typing import Any
 
 import tomli_w
 
+from enclave.ai_manifest import loads_toml
+
 from .fsutil import atomic_write
 from .identity import public_key_from_peer_id
 
@@ -173,9 +175,11 @@ def parse_genesis(doc: dict[str, Any], source: str = "genesis") -> Genesis:
 def load_genesis(path: str | Path) -> Genesis:
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            doc = loads_toml(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise GenesisError(f"{path}: no genesis file (`ofnode testnet up` writes one; see config/genesis.template.toml)") from None
+    except UnicodeDecodeError as e:
+        raise GenesisError(f"{path}: not UTF-8 ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise GenesisError(f"{path}: not valid TOML: {e}") from None
     return parse_genesis(doc, str(path))
