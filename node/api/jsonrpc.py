@@ -54,4 +54,9 @@ def request(id_: Any, method: str, params: Any = None) -> bytes:
 
 
 def _line(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON allows "\ud800"; a request id or parameter name
+        # can carry one back) has no UTF-8 form: escape it as JSON does.
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"

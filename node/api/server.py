@@ -114,6 +114,13 @@ class ApiServer:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
             await self._answer_line(line, send)
+        except Exception:  # a bug, not the client's fault: answer it, and never take the server down
+            log.exception("rpc request failed")
+            self.metrics.inc("ofnode_rpc_errors_total", code=str(rpc.INTERNAL_ERROR))
+            try:
+                await send(rpc.error_response(None, RpcError(rpc.INTERNAL_ERROR, "internal error")))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
         finally:
             self._inflight -= 1
             if self._inflight == 0:
