@@ -47,6 +47,50 @@ def ofnode_version() -> str:
         return "dev"
 
 
+class AnnounceError(ValueError):
+    """A node.announce payload is not a JSON object {name, roles, addrs, version?, inventory?}."""
+
+
+MAX_ANNOUNCE_BYTES = 16384
+
+
+def parse_announcement(payload: bytes) -> dict[str, Any]:
+    """What a node keeps of a peer's announcement: bounded, typed, unknown roles and
+    non-string addresses dropped. Raises AnnounceError only."""
+    if len(payload) > MAX_ANNOUNCE_BYTES:
+        raise AnnounceError(f"announcement of {len(payload)} bytes exceeds {MAX_ANNOUNCE_BYTES}")
+    try:
+        a = json.loads(payload)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise AnnounceError("announcement is not JSON") from None
+    if not isinstance(a, dict):
+        raise AnnounceError("announcement is not a JSON object")
+    name, roles, addrs, version = a.get("name"), a.get("roles"), a.get("addrs"), a.get("version", "")
+    if not isinstance(name, str) or not isinstance(roles, list) or not isinstance(addrs, list) \
+            or not isinstance(version, str):
+        raise AnnounceError("announcement needs name (string), roles and addrs (lists), version? (string)")
+    info: dict[str, Any] = {
+        "name": name[:64],
+        "roles": [r for r in roles if r in ("provider", "dos", "secrets")][:3],
+        "addrs": [x[:256] for x in addrs if isinstance(x, str)][:16],
+        "version": version[:32],
+    }
+    inv = a.get("inventory")
+    if isinstance(inv, dict) and "provider" in info["roles"]:
+        def count(key: str) -> int:
+            v = inv.get(key)
+            return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 else 0
+
+        tees, backends = inv.get("tees"), inv.get("backends")
+        info["inventory"] = {
+            "cpu": count("cpu"),
+            "memory": count("memory"),
+            "tees": [t for t in tees if t in ("sim", "sgx")][:2] if isinstance(tees, list) else [],
+            "backends": [b[:64] for b in backends if isinstance(b, str)][:8] if isinstance(backends, list) else [],
+        }
+    return info
+
+
 class NodeError(Exception):
     """The node cannot start; the message says why."""
 
@@ -173,25 +217,10 @@ class Node:
 
     async def _on_announce(self, msg: SignedMessage) -> None:
         try:
-            a = json.loads(msg.payload)
-            info = {
-                "name": str(a["name"])[:64],
-                "roles": [r for r in a["roles"] if r in ("provider", "dos", "secrets")][:3],
-                "addrs": [str(x)[:256] for x in a["addrs"]][:16],
-                "version": str(a.get("version", ""))[:32],
-            }
-        except (ValueError, KeyError, TypeError):
+            info = parse_announcement(msg.payload)
+        except AnnounceError:
             self.metrics.inc("ofnode_gossip_rejected_total", reason="bad_payload")
             return
-        inv = a.get("inventory")
-        if isinstance(inv, dict) and "provider" in info["roles"]:
-            info["inventory"] = {
-                "cpu": int(inv.get("cpu", 0)) if isinstance(inv.get("cpu"), int) else 0,
-                "memory": int(inv.get("memory", 0)) if isinstance(inv.get("memory"), int) else 0,
-                "tees": [t for t in inv.get("tees", []) if t in ("sim", "sgx")][:2] if isinstance(inv.get("tees"), list) else [],
-                "backends": [b for b in inv.get("backends", []) if isinstance(b, str)][:8]
-                if isinstance(inv.get("backends"), list) else [],
-            }
         info["last_seen_ms"] = msg.timestamp_ms
         self.peer_info[msg.sender] = info
         self._remember_addrs(msg.sender, info["addrs"])
