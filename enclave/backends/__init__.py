@@ -56,6 +56,8 @@ def _lazy(module: str, cls: str) -> Callable[[], Backend]:
 _FACTORIES: dict[str, Callable[[], Backend]] = {
     "sim": _lazy("enclave.backends.sim", "SimBackend"),
     "docker": _lazy("enclave.backends.docker", "DockerBackend"),
+    "gramine-direct": _lazy("enclave.backends.gramine", "GramineDirectBackend"),
+    "gramine-sgx": _lazy("enclave.backends.gramine", "GramineSgxBackend"),
 }
 _INSTANCES: dict[str, Backend] = {}
 
