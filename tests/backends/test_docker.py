@@ -12,9 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import trio
@@ -22,7 +19,8 @@ import trio
 from enclave.backends import ExitInfo, get_backend
 from enclave.backends.docker import LABEL, DockerBackend, image_tarball
 from enclave.backends.sandbox_uid import SANDBOX_UID_RANGE
-from tests.parts import REPO, require_part
+from tests.helpers.docker_orphan import orphan_container
+from tests.parts import require_part
 
 from .conftest import Box
 from .test_sim_isolation import PROBE_TRY
@@ -243,30 +241,9 @@ async def test_exit_codes(docker: DockerBackend, box: Box) -> None:
     assert (info.reason, info.code, info.signal) == ("error", None, signal.SIGTERM)
 
 
-_ORPHAN = """
-import sys, trio
-sys.path.insert(0, {repo!r})
-from enclave.backends import EnclaveSpec, runtime_code_dirs
-from enclave.backends.docker import DockerBackend
-async def main():
-    p = await DockerBackend().start(EnclaveSpec(argv=(sys.executable, "-c", "import time; time.sleep(120)"),
-        code_dirs=runtime_code_dirs(), socket_dir={sock!r}, scratch_dir={scratch!r}))
-    print(p.container_id, flush=True)
-    await trio.sleep_forever()
-trio.run(main)
-"""
-
-
 def test_container_of_a_killed_node_is_swept_on_restart(docker: DockerBackend, box: Box) -> None:
     """A node SIGKILLed while its enclave runs: the container survives it, the next start removes it."""
-    code = textwrap.dedent(_ORPHAN).format(repo=str(REPO), sock=str(box.sock), scratch=str(box.scratch))
-    node = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        cid = node.stdout.readline().strip()
-        assert cid, "the stand-in node did not start its enclave"
-    finally:
-        node.kill()
-        node.wait()
+    cid = orphan_container(box.root / "orphan")
     assert [c for c in containers(docker) if c["Id"] == cid and c["State"] == "running"]
     fresh = DockerBackend()
     assert fresh.sweep() >= 1

@@ -13,6 +13,7 @@ from enclave.backends.docker import LABEL, DockerBackend
 from node import testnet
 from node.api.client import call
 from node.api.jsonrpc import RpcError
+from tests.helpers.docker_orphan import orphan_container
 from tests.parts import require_part
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,10 @@ def docker() -> DockerBackend:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory, docker):
     d = tmp_path_factory.mktemp("docker-flow")
+    # a container left running by a node that crashed before this network started
+    orphan = orphan_container(d / "crashed-node")
     state = testnet.up(d, nodes=5, dos=2, secrets=3, providers=2, timeout=60, backend="docker")
+    state["orphan"] = orphan
     consumer = state["nodes"][0]["socket"]
     state["digits"] = call(consumer, "ai.publish", {"dir": str(DIGITS)}, timeout=60)["cid"]
     try:
@@ -42,6 +46,10 @@ def net(tmp_path_factory, docker):
 
 def submit(socket: str, cid: str, sample: Path, **kw) -> dict:
     return call(socket, "job.submit", {"ai_cid": cid, "input_path": str(sample), "deadline_s": 60, **kw}, timeout=90)
+
+
+def test_providers_remove_containers_of_crashed_nodes_when_they_start(net, docker):
+    assert not [c for c in docker.client().containers(all=True) if c["Id"] == net["orphan"]]
 
 
 def test_digits_in_docker_give_the_right_label(net, docker):
