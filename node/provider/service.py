@@ -134,7 +134,7 @@ class ProviderService:
             return
         try:
             with trio.fail_after(60):
-                n = await trio.to_thread.run_sync(get_backend(self.backend_name).sweep)
+                n = await trio.to_thread.run_sync(get_backend(self.backend_name).sweep, abandon_on_cancel=True)
         except Exception as e:  # noqa: BLE001 - a failed sweep must not stop the node; it is retried next start
             log.warning("could not sweep leftover %s enclaves: %s", self.backend_name, e)
             return
