@@ -61,8 +61,10 @@ _log = logging.getLogger(__name__)
 APP = "ofenclave"  # the loaders find ofenclave.manifest(.sgx) and ofenclave.sig by this stem
 _SH = "/bin/sh"
 _OOM = re.compile(r"MemoryError|std::bad_alloc|Cannot allocate memory|[Oo]ut of memory|-ENOMEM")
-_AESM_SOCKET = "/var/run/aesmd/aesm.socket"
-_QUOTE_PROVIDER = ("/usr/lib/x86_64-linux-gnu/libdcap_quoteprov.so*", "/usr/lib64/libdcap_quoteprov.so*",
+#: What gramine-sgx needs besides Gramine (module constants so tests can point them elsewhere).
+SGX_DEVICES = ("/dev/sgx_enclave", "/dev/sgx_provision")
+AESM_SOCKET = "/var/run/aesmd/aesm.socket"
+QUOTE_PROVIDER = ("/usr/lib/x86_64-linux-gnu/libdcap_quoteprov.so*", "/usr/lib64/libdcap_quoteprov.so*",
                    "/usr/lib/libdcap_quoteprov.so*")
 _INSTALL_GRAMINE = ("install Gramine 1.x (Debian/Ubuntu package 'gramine' from "
                     "https://packages.gramineproject.io, see https://gramine.readthedocs.io/en/stable/installation.html)")
@@ -195,23 +197,21 @@ class GramineSgxBackend(GramineBackend):
 
     def _check(self) -> Availability:
         base = super()._check()
-        if not base.ok:
-            return base
-        problems = []
-        if not os.path.exists("/dev/sgx_enclave"):
-            problems.append("no /dev/sgx_enclave (needs an SGX2/FLC CPU with SGX enabled in the BIOS "
-                            "and Linux >= 5.11's in-kernel driver)")
-        if not os.path.exists("/dev/sgx_provision"):
-            problems.append("no /dev/sgx_provision (the in-kernel SGX driver's provisioning device, "
-                            "needed for DCAP quotes; the node's user must be in its group, usually 'sgx_prv')")
-        if not os.path.exists(_AESM_SOCKET):
-            problems.append(f"no AESM service ({_AESM_SOCKET}); install Intel's 'sgx-aesm-service' with "
+        problems = [] if base.ok else [base.reason]
+        if not os.path.exists(SGX_DEVICES[0]):
+            problems.append(f"no {SGX_DEVICES[0]} (needs an SGX CPU with flexible launch control, SGX enabled "
+                            "in the BIOS, and Linux >= 5.11's in-kernel driver)")
+        if not os.path.exists(SGX_DEVICES[1]):
+            problems.append(f"no {SGX_DEVICES[1]} (the in-kernel driver's provisioning device, needed for DCAP "
+                            "quotes; the node's user must be in its group, usually 'sgx_prv')")
+        if not os.path.exists(AESM_SOCKET):
+            problems.append(f"no AESM service ({AESM_SOCKET}); install Intel's 'sgx-aesm-service' with "
                             "'libsgx-aesm-ecdsa-plugin' and 'libsgx-aesm-quote-ex-plugin'")
-        if not any(glob.glob(p) for p in _QUOTE_PROVIDER):
+        if not any(glob.glob(p) for p in QUOTE_PROVIDER):
             problems.append("no DCAP quote provider library (libdcap_quoteprov.so); install Intel's "
                             "'libsgx-dcap-default-qpl' and point /etc/sgx_default_qcnl.conf at a PCCS")
         if problems:
-            return Availability(False, "Gramine is installed but SGX is not usable: " + "; ".join(problems))
+            return Availability(False, "; ".join(problems))
         return Availability(True, f"{base.reason}; SGX devices, AESM and the DCAP quote provider present")
 
     def commands(self) -> Commands:
