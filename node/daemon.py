@@ -327,7 +327,19 @@ class Node:
                 "duplicates": int(self.metrics.get("ofnode_gossip_duplicates_total")),
                 "rejected": rejected,
             },
-        }
+        } | self._provider_status()
+
+    def _provider_status(self) -> dict[str, Any]:
+        prov = self.roles_runner.provider if self.roles_runner is not None else None
+        if prov is None:
+            return {}
+        return {"provider": {
+            "backend": prov.backend_name,
+            "tees": prov.tees(),
+            "capacity": prov.capacity,
+            "jobs": len(prov.jobs),
+            "backends": {b.name: {"ok": b.ok, "reason": b.reason} for b in prov.inventory.backends},
+        }}
 
     def _register_api(self) -> None:
         api = self.api

@@ -352,8 +352,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("socket", s["socket"]),
         ("metrics", s["metrics_url"] or "off"),
         ("version", s["version"]),
+        *_provider_rows(s.get("provider")),
     ])
     return 0
+
+
+def _provider_rows(p: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not p:
+        return []
+    mine = p["backends"].get(p["backend"], {"ok": False, "reason": "unknown backend"})
+    state = "working" if mine["ok"] else f"NOT WORKING: {mine['reason']}"
+    others = "\n".join(f"{name}: {'ok' if b['ok'] else 'no'} ({b['reason']})" for name, b in sorted(p["backends"].items()))
+    return [("enclaves", f"{p['backend']} backend, {state}; tees offered: {', '.join(p['tees']) or 'none'}; "
+                         f"{p['jobs']} job(s), capacity {p['capacity']}"),
+            ("backends here", others)]
 
 
 def cmd_peers(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +48,18 @@ def net(tmp_path_factory, docker):
 
 def submit(socket: str, cid: str, sample: Path, **kw) -> dict:
     return call(socket, "job.submit", {"ai_cid": cid, "input_path": str(sample), "deadline_s": 60, **kw}, timeout=90)
+
+
+def test_status_shows_the_providers_backend(net):
+    provider = next(n for n in net["nodes"] if "provider" in n["roles"])
+    st = call(provider["socket"], "node.status")["provider"]
+    assert st["backend"] == "docker" and st["tees"] == ["sim"]
+    assert st["backends"]["docker"]["ok"] and "no network" in st["backends"]["docker"]["reason"]
+    out = subprocess.run([sys.executable, "-m", "node.cli.main", "--socket", provider["socket"], "status"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "docker backend, working" in out
+    other = next(n for n in net["nodes"] if "provider" not in n["roles"])
+    assert "provider" not in call(other["socket"], "node.status")
 
 
 def test_providers_remove_containers_of_crashed_nodes_when_they_start(net, docker):
