@@ -197,7 +197,7 @@ def verify_ratls_cert(cert_der: bytes, *, expected_mrenclave: bytes | set[bytes]
         if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
             raise ValueError("key is not ECDSA P-256")
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise RaTlsError("certificate", f"{type(exc).__name__}: {exc}") from None
     when = dt.datetime.fromtimestamp(now_s, dt.timezone.utc)
     if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:

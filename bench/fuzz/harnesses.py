@@ -39,7 +39,7 @@ class Harness:
     name: str
     decoder: str  # what is fuzzed, for the docs and reports
     rejects: str  # the only exception the decoder may raise
-    target: Callable[[bytes], None]
+    target: Callable[[bytes], bool]  # True: the decoder accepted the input
     seeds: Callable[[], list[bytes]]
 
 
@@ -120,15 +120,16 @@ def _envelope_seeds() -> list[bytes]:
 
 
 @harness("envelope", "node.p2p.envelope.open_envelope", "EnvelopeRejected", _envelope_seeds)
-def envelope(data: bytes) -> None:
+def envelope(data: bytes) -> bool:
     from node.p2p.envelope import EnvelopeRejected, message_id, open_envelope
 
     try:
         msg = open_envelope(data, NETWORK, max_bytes=65536, max_age_ms=120_000, max_future_ms=10_000, now=T0_MS)
     except EnvelopeRejected as e:
         check(e.reason in ("oversize", "malformed", "bad_signature", "wrong_network", "stale", "future"), e.reason)
-        return
+        return False
     check(message_id(data) == msg.id, "message_id differs from the opened envelope's id")
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -157,22 +158,25 @@ def _market_seeds() -> list[bytes]:
 
 
 @harness("market", "node.market.messages: decode + every message's parse", "MessageError", _market_seeds)
-def market(data: bytes) -> None:
+def market(data: bytes) -> bool:
     from node.market import messages as m
 
     try:
         d = m.decode(data)
     except m.MessageError:
-        return
+        return False
     classes = [m.ExecutionRequest, m.Offer, m.Assignment, m.Failed, m.Retry, m.Done, m.Decline]
     if hasattr(m, "Attested"):
         classes.append(m.Attested)
+    accepted = False
     for cls in classes:
         try:
             obj = cls.parse(d)
         except m.MessageError:
             continue
         check(cls.parse(m.decode(m.encode(obj))) == obj, f"{cls.__name__} does not round-trip")
+        accepted = True
+    return accepted
 
 
 def _announce_seeds() -> list[bytes]:
@@ -183,15 +187,16 @@ def _announce_seeds() -> list[bytes]:
 
 
 @harness("announce", "node.daemon.parse_announcement (node.announce payloads)", "AnnounceError", _announce_seeds)
-def announce(data: bytes) -> None:
+def announce(data: bytes) -> bool:
     from node.daemon import AnnounceError, parse_announcement
 
     try:
         info = parse_announcement(data)
     except AnnounceError:
-        return
+        return False
     json.dumps(info)  # what the node keeps is plain JSON
     check(len(info["name"]) <= 64 and len(info["addrs"]) <= 16, "announcement limits not applied")
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -225,13 +230,13 @@ def _jsonrpc_seeds() -> list[bytes]:
     return [b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"hi","n":2}}',
             b'{"jsonrpc":"2.0","id":"a","method":"slow","params":{"steps":2}}',
             b'[{"jsonrpc":"2.0","id":1,"method":"echo"},{"jsonrpc":"2.0","method":"boom"}]',
-            b'{"jsonrpc":"2.0","method":"echo","params":null}',
-            b'{"jsonrpc":"2.0","id":null,"method":"rpc.nope","params":[1]}']
+            b'{"jsonrpc":"2.0","id":2,"method":"echo","params":null}',
+            b'[{"jsonrpc":"2.0","id":null,"method":"rpc.nope","params":[1]},{"jsonrpc":"2.0","id":3,"method":"echo"}]']
 
 
 @harness("jsonrpc", "node.api.server: one request line (parse, batch, dispatch, reply)", "(a JSON-RPC error reply)",
          _jsonrpc_seeds)
-def jsonrpc(data: bytes) -> None:
+def jsonrpc(data: bytes) -> bool:
     import trio
 
     out: list[bytes] = []
@@ -243,11 +248,14 @@ def jsonrpc(data: bytes) -> None:
         await _api()._answer_line(data, send)
 
     trio.run(go)
+    ok = False
     for line in out:
         check(line.endswith(b"\n") and b"\n" not in line[:-1], "reply is not one line")
         reply = json.loads(line.decode("utf-8"))  # must be strict UTF-8 JSON
         for r in reply if isinstance(reply, list) else [reply]:
             check(isinstance(r, dict) and r.get("jsonrpc") == "2.0", "reply is not a JSON-RPC object")
+            ok = ok or "result" in r or r.get("method") == "progress"
+    return ok
 
 
 # ---------------------------------------------------------------------------
@@ -258,13 +266,14 @@ def _manifest_seeds() -> list[bytes]:
 
 
 @harness("ai_manifest", "enclave.ai_manifest.parse_manifest (ai.toml)", "ManifestError", _manifest_seeds)
-def ai_manifest(data: bytes) -> None:
+def ai_manifest(data: bytes) -> bool:
     from enclave.ai_manifest import ManifestError, parse_manifest
 
     try:
         parse_manifest(data)
     except ManifestError:
-        return
+        return False
+    return True
 
 
 def _ai_object_seeds() -> list[bytes]:
@@ -274,7 +283,7 @@ def _ai_object_seeds() -> list[bytes]:
 
 
 @harness("ai_object", "enclave.ai_object.split (AI object header)", "AiObjectError", _ai_object_seeds)
-def ai_object(data: bytes) -> None:
+def ai_object(data: bytes) -> bool:
     from enclave import ai_object as ao
 
     results = []
@@ -288,6 +297,7 @@ def ai_object(data: bytes) -> None:
         check(ao.header(manifest) + rest == data, "split loses or invents bytes")
         results.append(manifest)
     check(results[0] == results[1], "split depends on how the bytes are chunked")
+    return isinstance(results[0], bytes)
 
 
 @functools.cache
@@ -313,14 +323,15 @@ def _decrypt_seeds() -> list[bytes]:
 
 
 @harness("package_decrypt", "enclave.package.decrypt_stream (encrypted AI package)", "PackageError", _decrypt_seeds)
-def package_decrypt(data: bytes) -> None:
+def package_decrypt(data: bytes) -> bool:
     from enclave.package import PackageError, decrypt_stream
 
     try:
         for _ in decrypt_stream(data, KEY):
             pass
     except PackageError:
-        return
+        return False
+    return True
 
 
 @functools.cache
@@ -330,7 +341,7 @@ def _scratch() -> Path:
 
 @harness("package_unpack", "enclave.package.unpack (decrypted AI archive)", "PackageError",
          lambda: [_package_plain()])
-def package_unpack(data: bytes) -> None:
+def package_unpack(data: bytes) -> bool:
     from enclave.package import PackageError, unpack
 
     dest = _scratch() / "out"
@@ -338,11 +349,12 @@ def package_unpack(data: bytes) -> None:
         tree = unpack(data, dest, max_bytes=1 << 20, max_files=64)
     except PackageError:
         check(not dest.exists(), "a refused archive left files behind")
-        return
+        return False
     finally:
         if dest.exists():
             shutil.rmtree(dest)
     check(all(not p.startswith("/") and ".." not in p.split("/") for p in tree), "unsafe path accepted")
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -354,19 +366,20 @@ def _quote_seeds() -> list[bytes]:
 
 
 @harness("quote", "enclave.quotes.layout.parse (DCAP v3 quote)", "QuoteFormatError", _quote_seeds)
-def quote(data: bytes) -> None:
+def quote(data: bytes) -> bool:
     from enclave.quotes import layout
 
     try:
         q = layout.parse(data)
     except layout.QuoteFormatError:
-        return
+        return False
     check(q.to_bytes() == data, "quote does not round-trip")
+    return True
 
 
 @harness("ratls_cert", "enclave.ratls_verify.verify_ratls_cert (RA-TLS certificate)", "RaTlsError",
          lambda: [_ratls()["cert"]])
-def ratls_cert(data: bytes) -> None:
+def ratls_cert(data: bytes) -> bool:
     from enclave import ratls_verify as rv
 
     r = _ratls()
@@ -374,13 +387,14 @@ def ratls_cert(data: bytes) -> None:
         ev = rv.verify_ratls_cert(data, expected_mrenclave=MRENCLAVE, nonce=NONCE, root_ca_der=r["root"],
                                   collateral=r["collateral"], now=NOW_S)
     except rv.RaTlsError:
-        return
+        return False
     check(ev.spki_der == r["spki"], "a certificate for another key verified")
+    return True
 
 
 @harness("ratls_dice", "enclave.ratls_verify: TCG DICE evidence (CBOR) of an RA-TLS certificate", "RaTlsError",
          lambda: [_ratls()["dice"]])
-def ratls_dice(data: bytes) -> None:
+def ratls_dice(data: bytes) -> bool:
     from enclave import ratls_verify as rv
     from enclave.quotes import layout
 
@@ -389,7 +403,8 @@ def ratls_dice(data: bytes) -> None:
         rv._verify_dice(data, layout.parse(r["legacy"]), r["spki"], NONCE, r["collateral"], r["root"],
                         NOW_S, ("UpToDate",))
     except rv.RaTlsError:
-        return
+        return False
+    return True
 
 
 def _response_seeds() -> list[bytes]:
@@ -399,14 +414,15 @@ def _response_seeds() -> list[bytes]:
 
 @harness("enclave_response", "enclave.ratls_verify.parse_response_header (the enclave's answer)", "RaTlsError",
          _response_seeds)
-def enclave_response(data: bytes) -> None:
+def enclave_response(data: bytes) -> bool:
     from enclave import ratls_verify as rv
 
     try:
         h = rv.parse_response_header(data, max_output=1 << 20)
     except rv.RaTlsError:
-        return
+        return False
     check(0 <= h["output_len"] <= 1 << 20 and isinstance(h["status"], str), "header fields not checked")
+    return True
 
 
 def _collateral_seeds() -> list[bytes]:
@@ -416,13 +432,14 @@ def _collateral_seeds() -> list[bytes]:
 
 @harness("collateral", "node.dos.collateral.parse_collateral (DCAP collateral JSON)", "CollateralError",
          _collateral_seeds)
-def collateral(data: bytes) -> None:
+def collateral(data: bytes) -> bool:
     from node.dos.collateral import CollateralError, parse_collateral
 
     try:
         parse_collateral(data)
     except CollateralError:
-        return
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -443,14 +460,15 @@ def _has_v0() -> bool:
 
 
 @harness("cid_bytes", "enclave.cid.Cid.from_bytes (binary CID)", "CidError", _cid_seeds)
-def cid_bytes(data: bytes) -> None:
+def cid_bytes(data: bytes) -> bool:
     from enclave.cid import Cid, CidError
 
     try:
         c = Cid.from_bytes(data)
     except CidError:
-        return
+        return False
     check(Cid.from_bytes(c.to_bytes()) == c and Cid.decode(c.encode()) == c, "CID does not round-trip")
+    return True
 
 
 def _cid_text_seeds() -> list[bytes]:
@@ -461,27 +479,36 @@ def _cid_text_seeds() -> list[bytes]:
 
 
 @harness("cid_text", "enclave.cid.Cid.decode (CID strings)", "CidError", _cid_text_seeds)
-def cid_text(data: bytes) -> None:
+def cid_text(data: bytes) -> bool:
     from enclave.cid import Cid, CidError
 
     try:
         c = Cid.decode(_text(data))
     except CidError:
-        return
+        return False
     check(Cid.decode(c.encode()) == c, "CID string does not round-trip")
+    return True
 
 
 def _dagpb_seeds() -> list[bytes]:
     from enclave.unixfs import import_chunks
 
+    from enclave.cid import DAG_PB, RAW, Cid
+    from node.store.unixfs import T_DIRECTORY, T_FILE, PBLink, PBNode, UnixfsData, encode_pbnode, encode_unixfs
+
     blocks: list[bytes] = []
-    import_chunks([os.urandom(300_000)], put=lambda cid, block: blocks.append(bytes(block)))
-    return [b for b in blocks if len(b) < 4096][:4]
+    import_chunks([bytes(300_000)], put=lambda cid, block: blocks.append(bytes(block)))
+    raw, pb = Cid.for_block(RAW, b"leaf"), Cid.for_block(DAG_PB, b"node")
+    return [b for b in blocks if len(b) < 4096][:2] + [
+        encode_pbnode(PBNode((PBLink(raw, "a", 4), PBLink(pb, None, None)),
+                             encode_unixfs(UnixfsData(T_FILE, b"hi", 10, (4, 4))))),
+        encode_pbnode(PBNode((PBLink(raw, "x.txt", 4),), encode_unixfs(UnixfsData(T_DIRECTORY)))),
+        encode_pbnode(PBNode((), None))]
 
 
 @harness("dagpb", "node.store.unixfs.decode_pbnode + decode_unixfs (dag-pb / UnixFS blocks)", "UnixfsError",
          _dagpb_seeds)
-def dagpb(data: bytes) -> None:
+def dagpb(data: bytes) -> bool:
     from node.store.unixfs import UnixfsError, decode_pbnode, decode_unixfs, encode_pbnode, encode_unixfs
 
     try:
@@ -494,12 +521,14 @@ def dagpb(data: bytes) -> None:
             try:
                 fs = decode_unixfs(node.data)
             except UnixfsError:
-                return
-            check(decode_unixfs(encode_unixfs(fs)) == fs, "UnixFS data does not round-trip")
+                fs = None
+            if fs is not None:
+                check(decode_unixfs(encode_unixfs(fs)) == fs, "UnixFS data does not round-trip")
     try:
         decode_unixfs(data)
     except UnixfsError:
         pass
+    return node is not None
 
 
 def _bitswap_seeds() -> list[bytes]:
@@ -525,13 +554,14 @@ def _strip_varint(b: bytes) -> bytes:
 
 
 @harness("bitswap", "node.store.exchange.decode_message (Bitswap 1.2 message)", "ProtocolViolation", _bitswap_seeds)
-def bitswap(data: bytes) -> None:
+def bitswap(data: bytes) -> bool:
     from node.store.exchange import ProtocolViolation, decode_message
 
     try:
         decode_message(data)
     except ProtocolViolation:
-        return
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -569,7 +599,7 @@ def _dos_seeds() -> list[bytes]:
 
 @harness("dos_wire", "node.dos.wire.decode_body + parse_evidence, AclEntry/AclSignature.from_dict, "
                      "parse_share_request", "WireError / AclError", _dos_seeds)
-def dos_wire(data: bytes) -> None:
+def dos_wire(data: bytes) -> bool:
     from node.dos import wire
     from node.dos.acl import AclEntry, AclError, AclSignature
     from node.dos.service import parse_evidence
@@ -578,21 +608,24 @@ def dos_wire(data: bytes) -> None:
     try:
         d = wire.decode_body(data)
     except wire.WireError:
-        return
+        return False
+    accepted = False
     for fn, err in ((parse_evidence, wire.WireError), (parse_share_request, wire.WireError),
                     (AclEntry.from_dict, AclError), (AclSignature.from_dict, AclError)):
         try:
             obj = fn(d)
         except err:
             continue
+        accepted = True
         if isinstance(obj, (AclEntry, AclSignature)):
             check(type(obj).from_dict(obj.to_dict()) == obj, f"{type(obj).__name__} does not round-trip")
+    return accepted
 
 
 @harness("wire_frame", "node.dos.wire.read_message (length-prefixed stream frame)", "WireError",
          lambda: [__import__("node.dos.wire", fromlist=["encode_frame"]).encode_frame(json.loads(s), 1 << 16)
                   for s in _dos_seeds()[:2]])
-def wire_frame(data: bytes) -> None:
+def wire_frame(data: bytes) -> bool:
     import trio
     from node.dos import wire
 
@@ -605,13 +638,14 @@ def wire_frame(data: bytes) -> None:
             self.pos += len(chunk)
             return chunk
 
-    async def go() -> None:
+    async def go() -> bool:
         try:
-            await wire.read_message(Stream(), 4096)
+            await wire.read_message(Stream(), 1 << 16)
         except wire.WireError:
-            pass
+            return False
+        return True
 
-    trio.run(go)
+    return trio.run(go)
 
 
 # ---------------------------------------------------------------------------
@@ -625,7 +659,7 @@ def _channel_seeds() -> list[bytes]:
 
 
 @harness("channel", "enclave.runtime.channel.FrameParser (host <-> enclave frames)", "ChannelError", _channel_seeds)
-def channel(data: bytes) -> None:
+def channel(data: bytes) -> bool:
     from enclave.runtime import channel as ch
 
     whole: list[Any] = []
@@ -645,6 +679,7 @@ def channel(data: bytes) -> None:
         check(b"".join(ch.encode(f.stream, f.kind, f.payload) for f in whole) == data[:sum(9 + len(f.payload)
                                                                                            for f in whole)],
               "frames do not round-trip")
+    return bool(whole)
 
 
 # ---------------------------------------------------------------------------
@@ -665,24 +700,26 @@ def _load_from(data: bytes, load: Callable[[Path], Any], name: str) -> Any:
 
 
 @harness("genesis", "node.genesis.load_genesis (genesis TOML)", "GenesisError", _genesis_seeds)
-def genesis(data: bytes) -> None:
+def genesis(data: bytes) -> bool:
     from node.genesis import GenesisError, load_genesis
 
     try:
         _load_from(data, load_genesis, "genesis.toml")
     except GenesisError:
-        return
+        return False
+    return True
 
 
 @harness("config", "node.config.load_config (config.toml)", "ConfigError",
          lambda: [(REPO / "config" / "default.toml").read_bytes(), b'[gossip]\ndegree = 8\n'])
-def config(data: bytes) -> None:
+def config(data: bytes) -> bool:
     from node.config import ConfigError, load_config
 
     try:
         _load_from(data, lambda p: load_config(_scratch(), path=p), "config.toml")
     except ConfigError:
-        return
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------

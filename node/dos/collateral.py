@@ -92,7 +92,7 @@ def _parse_time(value: Any, what: str) -> float:
 def _certs(pem: str, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(pem.encode())
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise CollateralError(f"{what}: not a PEM certificate chain") from None
     if not certs:
         raise CollateralError(f"{what}: empty certificate chain")
