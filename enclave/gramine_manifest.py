@@ -226,11 +226,11 @@ def _shared_libraries(objects: tuple[str, ...], arch_libdir: str) -> tuple[Path,
             continue
         found = Path(m.group(2))
         libs.add(found)
-        # Inside, the loader searches LD_LIBRARY_PATH, not ld.so.cache: trust the
-        # name in each libdir where it exists (merged /usr gives both).
-        for d in (arch_libdir, "/usr" + arch_libdir):
-            if (Path(d) / m.group(1)).is_file():
-                libs.add(Path(d) / m.group(1))
+        # Inside, the loader searches LD_LIBRARY_PATH, not ld.so.cache: trust a system
+        # library's name in each libdir where it exists (merged /usr gives both).
+        system = (arch_libdir, "/usr" + arch_libdir)
+        if str(found.parent) in system:
+            libs.update(Path(d) / m.group(1) for d in system if (Path(d) / m.group(1)).is_file())
     return tuple(sorted(libs))
 
 
@@ -333,6 +333,7 @@ def variables(limits: Limits, layout: RuntimeLayout, *, quote_source: str,
         "argv": enclave_argv(layout, quote_source),
         "arch_libdir": layout.arch_libdir,
         "python_path": str(layout.enclave_dir.parent),
+        "python_libdir": str(layout.python_home / "lib"),
         "ai_threads": limits.ai_threads,
         "env": env,
         "code_dirs": layout.code_dirs(),
