@@ -99,7 +99,8 @@ class ProviderService:
         if self.backend_name in ("sim", "docker") and self.inventory.backend_ok(self.backend_name) \
                 and self.genesis.sim_root_key:
             out.append("sim")
-        if self.inventory.sgx.usable:
+        # SGX devices alone are not enough: Gramine, AESM and the DCAP quote provider too.
+        if self.inventory.backend_ok("gramine-sgx"):
             out.append("sgx")
         return out
 
