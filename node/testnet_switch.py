@@ -309,10 +309,12 @@ def request(control: str, req: dict[str, Any], timeout: float = 10.0) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m node.testnet_switch", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True,
-                    help='JSON: {"ports": [[node, ifname], ...], "control": PATH, "latency_ms", "jitter_ms", "loss_pct"}')
+                    help='JSON: {"ports": [[node, ifname], ...], "latency_ms", "jitter_ms", "loss_pct"}')
+    ap.add_argument("--control", required=True, metavar="PATH", help="Unix socket to serve control requests on")
     ap.add_argument("--ready-fd", type=int)
     args = ap.parse_args(argv)
     cfg = json.loads(args.config)
+    cfg["control"] = args.control
     shape = Shape(*(float(cfg.get(k, 0)) for k in ("latency_ms", "jitter_ms", "loss_pct")))
     shape.check()
 
