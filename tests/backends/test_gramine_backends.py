@@ -228,3 +228,24 @@ async def test_gramine_sgx_command_sequence(standin_path, tmp_path) -> None:
     assert (work / "ofenclave.sig").is_file()
     signed = (work / "ofenclave.manifest.sgx").read_text()
     assert gm.check_manifest(signed, argv=gm.enclave_argv(gm.RuntimeLayout.current(), "dev-attestation")) == []
+
+
+def test_provider_offers_sgx_only_with_a_working_gramine_sgx_backend() -> None:
+    """SGX devices alone do not make an SGX provider: the gramine-sgx backend must be available."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from node.provider.service import ProviderService
+
+    inv = inventory.detect()
+    with_devices = replace(inv, sgx=replace(inv.sgx, enclave_device=True, provision_device=True))
+
+    def tees(inv_, sgx_ok: bool) -> list[str]:
+        statuses = tuple(b for b in inv_.backends if b.name != "gramine-sgx")
+        statuses += (inventory.BackendStatus("gramine-sgx", sgx_ok, "test"),)
+        me = SimpleNamespace(backend_name="sim", inventory=replace(inv_, backends=statuses),
+                             genesis=SimpleNamespace(sim_root_key=""))
+        return ProviderService.tees(me)  # type: ignore[arg-type]
+
+    assert "sgx" not in tees(with_devices, sgx_ok=False)
+    assert "sgx" in tees(with_devices, sgx_ok=True)
