@@ -408,7 +408,8 @@ def cmd_testnet_up(args: argparse.Namespace) -> int:
     try:
         st = testnet.up(Path(args.dir), args.nodes, args.dos, args.secrets, args.providers,
                         args.dos_quorum, args.secrets_threshold, timeout=args.timeout, log_level=args.log_level, say=say,
-                        backend=args.backend)
+                        backend=args.backend, netns=args.netns, latency_ms=args.latency, jitter_ms=args.jitter,
+                        loss_pct=args.loss)
     except testnet.TestnetError as e:
         raise CliError(str(e)) from None
     if args.json:
@@ -420,9 +421,20 @@ def cmd_testnet_up(args: argparse.Namespace) -> int:
 
 
 def _testnet_table(st: dict[str, Any]) -> None:
-    output.table(f"testnet {st['network']}", ["name", "peer id", "roles", "pid", "peers", "socket"],
-                 [(n["name"], n["peer_id"], ", ".join(n["roles"]), n["pid"],
-                   n.get("peers", ""), n["socket"]) for n in st["nodes"]])
+    netns = bool(st.get("netns"))
+    output.table(f"testnet {st['network']}", ["name", "peer id", "roles", "pid", "peers",
+                                               *(["address", "namespace"] if netns else []), "socket"],
+                 [(n["name"], n["peer_id"], ", ".join(n["roles"]), n["pid"], n.get("peers", ""),
+                   *([n["ip"], n["netns"]] if netns else []), n["socket"]) for n in st["nodes"]])
+
+
+def _links_table(sw: dict[str, Any]) -> None:
+    """The switch's view of a netns testnet: per-node shaping, groups, frame counters."""
+    title = "links" + (f" (PARTITIONED: {' | '.join(','.join(g) for g in sw['groups'])})" if sw["partitioned"] else "")
+    output.table(title, ["node", "latency ms", "jitter ms", "loss %", "group", "frames in", "frames out",
+                         "lost", "blocked"],
+                 [(p["node"], f"{p['latency_ms']:g}", f"{p['jitter_ms']:g}", f"{p['loss_pct']:g}", p["group"],
+                   p["rx_frames"], p["tx_frames"], p["lost"], p["blocked"]) for p in sw["ports"]])
 
 
 def cmd_testnet_status(args: argparse.Namespace) -> int:
@@ -438,7 +450,45 @@ def cmd_testnet_status(args: argparse.Namespace) -> int:
         for n in st["nodes"]:
             n["peers"] = n["peers"] if n["alive"] else "down"
         _testnet_table(st)
+        if st.get("netns", {}).get("links"):
+            net = st["netns"]
+            _links_table({"groups": net["groups"], "partitioned": net["partitioned"], "ports": net["links"]})
+        elif st.get("netns"):
+            output.say(f"switch (pid {st['netns']['switch']['pid']}) is not running")
     return 0
+
+
+def _testnet_switch_cmd(args: argparse.Namespace, fn: Any, *a: Any, **kw: Any) -> int:
+    from .. import testnet
+
+    try:
+        sw = fn(Path(args.dir), *a, **kw)
+    except testnet.TestnetError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        output.emit_json(sw)
+    else:
+        _links_table(sw)
+    return 0
+
+
+def cmd_testnet_shape(args: argparse.Namespace) -> int:
+    from .. import testnet
+
+    return _testnet_switch_cmd(args, testnet.shape, args.node or None, args.latency, args.jitter, args.loss)
+
+
+def cmd_testnet_partition(args: argparse.Namespace) -> int:
+    from .. import testnet
+
+    groups = [[n for n in g.split(",") if n] for g in args.groups]
+    return _testnet_switch_cmd(args, testnet.partition, groups)
+
+
+def cmd_testnet_heal(args: argparse.Namespace) -> int:
+    from .. import testnet
+
+    return _testnet_switch_cmd(args, testnet.heal)
 
 
 def cmd_testnet_down(args: argparse.Namespace) -> int:
@@ -563,7 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("testnet", parents=[common], help="run a local multi-node network").add_subparsers(
         dest="testnet_cmd", metavar="COMMAND", required=True)
-    s = t.add_parser("up", parents=[common], help="start N daemons on 127.0.0.1 and wait until all are connected")
+    s = t.add_parser(
+        "up", parents=[common], help="start N daemons (on 127.0.0.1, or each in a network namespace with --netns)",
+        description="Start N daemons and wait until every node is connected to every other. By default they "
+                    "listen on 127.0.0.1. With --netns each node runs in its own network namespace "
+                    "(ofnode-<network>-node<i>, address 10.77.0.<i+1>) linked through a userspace switch that "
+                    "delays and drops each node's outgoing frames (--latency, --jitter, --loss) and can partition "
+                    "the network (`testnet partition`, `testnet heal`, `testnet shape`). --netns needs root and "
+                    "iproute2; the host's own interfaces and routes are not touched. See docs/testnet.md.")
     s.add_argument("--nodes", type=int, default=5)
     s.add_argument("--dos", type=int, default=2, help="nodes with the dos role (default 2)")
     s.add_argument("--secrets", type=int, default=3, help="nodes with the secrets role (default 3)")
@@ -575,14 +632,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--backend", default="sim", choices=["sim", "docker", "gramine-direct", "gramine-sgx"],
                    help="enclave backend of the providers (default sim: bubblewrap sandbox)")
+    s.add_argument("--netns", action="store_true",
+                   help="each node in its own network namespace behind a shaping switch (root, iproute2)")
+    _shape_args(s, default=0.0)
     s.set_defaults(fn=cmd_testnet_up)
     s = t.add_parser("status", parents=[common], help="show the nodes of a testnet")
     s.add_argument("--dir", default="./testnet")
     s.set_defaults(fn=cmd_testnet_status)
-    s = t.add_parser("down", parents=[common], help="stop every node of a testnet")
+    s = t.add_parser("down", parents=[common], help="stop every node of a testnet (and remove its namespaces)")
     s.add_argument("--dir", default="./testnet")
     s.set_defaults(fn=cmd_testnet_down)
+    s = t.add_parser("shape", parents=[common], help="change latency, jitter or loss of a running --netns testnet",
+                     description="Change how the switch treats the outgoing frames of some nodes (default: all); "
+                                 "what is not given stays as it is.")
+    s.add_argument("--dir", default="./testnet")
+    s.add_argument("--node", action="append", metavar="NAME", help="only this node (repeatable), e.g. node2")
+    _shape_args(s, default=None)
+    s.set_defaults(fn=cmd_testnet_shape)
+    s = t.add_parser("partition", parents=[common], help="split a running --netns testnet into groups",
+                     description="Cut the network: frames between different groups are dropped until "
+                                 "`testnet heal`. Nodes named in no group form one more group, so "
+                                 "`partition node3` isolates node3. Open connections stall as on a real split.")
+    s.add_argument("--dir", default="./testnet")
+    s.add_argument("groups", nargs="+", metavar="GROUP", help="comma-separated node names, e.g. node0,node1")
+    s.set_defaults(fn=cmd_testnet_partition)
+    s = t.add_parser("heal", parents=[common], help="undo a partition of a --netns testnet")
+    s.add_argument("--dir", default="./testnet")
+    s.set_defaults(fn=cmd_testnet_heal)
     return p
+
+
+def _shape_args(s: argparse.ArgumentParser, default: float | None) -> None:
+    d = " (default 0)" if default is not None else ""
+    s.add_argument("--latency", type=float, default=default, metavar="MS",
+                   help=f"delay every outgoing frame of a node by MS milliseconds (netns only){d}")
+    s.add_argument("--jitter", type=float, default=default, metavar="MS",
+                   help=f"vary the delay uniformly by ± MS, at most the latency; frames are not reordered{d}")
+    s.add_argument("--loss", type=float, default=default, metavar="PCT",
+                   help=f"drop each outgoing frame with probability PCT percent{d}")
 
 
 def main(argv: list[str] | None = None) -> int:
