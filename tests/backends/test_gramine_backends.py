@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -200,6 +203,57 @@ async def test_gramine_sgx_builds_signs_and_runs_with_dev_attestation(standin_pa
         assert "/dev/attestation/attestation_type" in str(err.value), err.value
         assert key.read_text().startswith("STAND-IN KEY")
     assert backend.commands().keygen is None  # the key exists now: not generated again
+
+
+def play_dev_attestation(tmp_path: Path, qe, mrenclave: bytes) -> Path:
+    """A directory that answers like Gramine's /dev/attestation (the sim QE signs; a FIFO
+    hands out one quote per read, over the report data last written)."""
+    d = tmp_path / "attestation"
+    d.mkdir()
+    (d / "attestation_type").write_text("dcap")
+    (d / "user_report_data").write_bytes(b"")
+    os.mkfifo(d / "quote")
+
+    def responder() -> None:
+        last = b""
+        for _ in range(2):  # the runtime asks for two quotes (legacy + DICE)
+            while len(rd := (d / "user_report_data").read_bytes()) != 64 or rd == last:
+                time.sleep(0.001)
+            last = rd
+            with open(d / "quote", "wb") as out:
+                out.write(qe.quote(mrenclave, rd))
+
+    threading.Thread(target=responder, daemon=True).start()
+    return d
+
+
+async def test_gramine_sgx_runs_the_digits_ai_with_quotes_from_dev_attestation(
+        standin_path, tmp_path, qe, digits, verify_kwargs) -> None:
+    """The whole sgx path with stand-ins: build, sign, launch; the runtime's quotes come from
+    /dev/attestation (a played directory bound there), the host answers none (quote_fn=None)."""
+    from tests.parts import require_part
+
+    require_part("bubblewrap (plays /dev/attestation for the stand-in)", shutil.which("bwrap") is not None)
+    att = play_dev_attestation(tmp_path, qe, digits.mrenclave)
+    backend = StandinSgxBackend(signing_key=tmp_path / "enclave-key.pem")
+    inner = host.backend_launcher(backend, cpu_seconds=60)
+
+    async def launch(socket_dir, name, scratch_dir, quote_source):
+        (scratch_dir / "gramine-standin-attestation").write_text(str(att))
+        return await inner(socket_dir, name, scratch_dir, quote_source)
+
+    job = make_job(digits)
+    data = SAMPLE.read_bytes()
+    async with host.open_enclave(job, quote_fn=None, ai=digits.ciphertext, ai_key=digits.key,
+                                 launcher=launch) as enclave:
+        stream = await enclave.open_stream()
+        tls, ev = await rv.open_trio_client(stream, expected_mrenclave=digits.mrenclave, nonce=job.nonce,
+                                            **verify_kwargs)
+        resp = await rv.trio_request(tls, data)
+        await tls.aclose()
+    assert json.loads(resp.output)["label"] == 4
+    rv.verify_receipt(resp, ev, data, request_id=job.request_id)
+    assert enclave.exit.reason == "ok", enclave.exit
 
 
 async def test_gramine_sgx_command_sequence(standin_path, tmp_path) -> None:

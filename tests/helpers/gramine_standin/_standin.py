@@ -16,7 +16,10 @@ check the exact command lines and their order.
   WITHOUT any isolation: checks every trusted file's SHA-256 (as SGX does
   on open), builds the environment from ``loader.env`` (passthrough from
   ours), emulates the tmpfs ``/tmp`` with a fresh directory (TMPDIR, start
-  dir), then execs ``libos.entrypoint`` with ``loader.argv``.
+  dir), then execs ``libos.entrypoint`` with ``loader.argv``. For
+  ``gramine-sgx``, when the work dir holds ``gramine-standin-attestation``
+  (a directory path), that directory is bound at ``/dev/attestation`` with
+  bubblewrap, so a test can play Gramine's quote files.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: In the work dir, names a directory that plays /dev/attestation for ``gramine-sgx``.
+ATTESTATION_FILE = "gramine-standin-attestation"
 REPO = HERE.parents[2]
 
 
@@ -89,8 +94,19 @@ def _launch(tool: str, app: str, *, sgx: bool) -> None:
                 env[name] = os.environ[name]
         else:
             env[name] = value["value"] if isinstance(value, dict) else value
+    att = Path(ATTESTATION_FILE).resolve()
     tmp = tempfile.mkdtemp(prefix="standin-tmpfs-", dir=os.getcwd())  # the manifest's tmpfs /tmp
     env["TMPDIR"] = tmp
     os.chdir(tmp)
-    entry = doc["libos"]["entrypoint"]
-    os.execve(entry, doc["loader"]["argv"], env)
+    entry, argv = doc["libos"]["entrypoint"], doc["loader"]["argv"]
+    if sgx and att.is_file():
+        # Gramine's /dev/attestation, played by a test-owned directory bound there with
+        # bubblewrap (a fresh /dev; the host's / otherwise). bwrap execs argv[0] itself,
+        # so it must be the entrypoint or a symlink to it.
+        if os.path.realpath(argv[0]) != os.path.realpath(entry):
+            _fail(tool, f"argv[0] {argv[0]} is not the entrypoint {entry}")
+        bwrap = shutil.which("bwrap") or _fail(tool, "bubblewrap is needed to stand in for /dev/attestation")
+        argv = [bwrap, "--bind", "/", "/", "--dev", "/dev", "--bind", att.read_text().strip(), "/dev/attestation",
+                "--chdir", tmp, "--", *argv]
+        entry = bwrap
+    os.execve(entry, argv, env)
