@@ -65,6 +65,7 @@ class ActiveJob:
     error: str = ""
     rank: int = 0  # rank of the DOS peer that assigned it
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    declined: bool = False  # given back with market.decline
 
 
 class ProviderService:
@@ -209,9 +210,8 @@ class ProviderService:
 
     # -- one job -------------------------------------------------------------
     async def _decline(self, job: ActiveJob, reason: str) -> None:
-        job.error = reason
+        job.error, job.declined = reason, True
         log.info("job declined", extra={"request": job.req.id, "reason": reason})
-        self.metrics.inc("ofnode_provider_jobs_total", outcome="declined")
         await self.gossip.publish(m.DECLINE, m.encode(m.Decline(job.req.id, job.attempt, reason[:400])))
 
     async def _run_job(self, job: ActiveJob) -> None:
@@ -233,7 +233,9 @@ class ProviderService:
             job.done.set()
             job.ready.set()
             self.jobs.pop(req.id, None)
-            self.metrics.inc("ofnode_provider_jobs_total", outcome="error" if job.error else "ok")
+            # Each assigned job is counted once: given back, failed, or done.
+            outcome = "declined" if job.declined else "error" if job.error else "ok"
+            self.metrics.inc("ofnode_provider_jobs_total", outcome=outcome)
             log.info("job ended", extra={"request": req.id, "seconds": round(time.monotonic() - t0, 3),
                                          "error": job.error})
 
