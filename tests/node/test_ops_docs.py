@@ -239,3 +239,22 @@ def test_systemd_analyze_verify(tmp_path, drop_in) -> None:
         pytest.skip(f"systemd-analyze security --offline unsupported here: {r.stderr.strip()[:200]}")
     # systemd 252's scores: 1.7 (no provider), 2.7 (docker), 5.4 (sim: root with mount rights).
     assert float(m.group(1)) <= {None: 2.0, "provider-docker.conf": 3.0, "provider-sim.conf": 6.0}[drop_in]
+
+
+# -- links ----------------------------------------------------------------------
+@pytest.mark.parametrize("page", ["README.md", "docs/operations.md", "docs/systemd.md", "docs/configuration.md",
+                                  "docs/genesis.md", "docs/upgrading.md", "docs/metrics.md"])
+def test_relative_links_resolve(page) -> None:
+    path = ROOT / page
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+        if re.match(r"[a-z]+:", target) or target.startswith("../shared/"):
+            continue  # URLs; the shared design repository is not part of this checkout
+        assert (path.parent / target).exists(), f"{page}: broken link {target}"
+
+
+def test_operations_index_links_every_operator_page() -> None:
+    index = (DOCS / "operations.md").read_text()
+    for page in ("systemd.md", "configuration.md", "genesis.md", "upgrading.md", "metrics.md"):
+        assert f"]({page})" in index, page
+    readme = (ROOT / "README.md").read_text()
+    assert "](docs/operations.md)" in readme
