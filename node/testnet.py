@@ -132,8 +132,7 @@ def up(
     try:
         shape.check()
     except ValueError as e:
-        raise TestnetError(str(e).replace("latency", "--latency", 1).replace("jitter", "--jitter", 1)
-                           .replace("loss", "--loss", 1)) from None
+        raise TestnetError(f"{e} (--latency MS, --jitter MS, --loss PCT)") from None
     if not netns and (latency_ms or jitter_ms or loss_pct):
         raise TestnetError("--latency, --jitter and --loss shape the links of a netns testnet; add --netns")
     if netns:
