@@ -14,7 +14,7 @@ APT_NEEDS := bwrap:bubblewrap ip:iproute2 ps:procps npm:npm node:nodejs setpriv:
 APT_LIBS := libseccomp2
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup clean-venv bench proto
+.PHONY: demo test setup clean-venv bench report proto
 
 setup: $(STAMPS)/venv
 
@@ -37,7 +37,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing ofnode into $(VENV)"
-	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test,train]' 2>&1 | { grep -v '^WARNING: Location' || true; }; \
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test,train,bench]' 2>&1 | { grep -v '^WARNING: Location' || true; }; \
 	  test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
@@ -50,8 +50,12 @@ test: $(STAMPS)/venv
 	@tests/helpers/dockerd.sh start
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMPS)/venv
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+# Every benchmark, then docs/performance.md with tables and plots (an hour or so;
+# `make report REPORT_ARGS=--quick` takes minutes).
+REPORT_ARGS ?=
+bench report: $(STAMPS)/venv
+	@tests/helpers/dockerd.sh start
+	@$(BIN)/python bench/report.py $(REPORT_ARGS)
 
 clean-venv:
 	rm -rf $(VENV) $(STAMPS)

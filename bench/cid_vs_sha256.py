@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results import figure  # noqa: E402
 from node.store.unixfs import cid_of_file  # noqa: E402
 
 TARGET_RATIO = 1.3
@@ -108,6 +109,9 @@ def main() -> int:
         print(f"target {TARGET_RATIO}")
         print(f"sha256 {digest}")
         print(f"cid {cid}")
+        figure("cid_seconds", cid_s, "s", label=f"`ofnode cid` of a {size >> 20} MiB file",
+               reference=sha_s, reference_label="sha256sum")
+        figure("cid_ratio", ratio, "", label="time ratio cid / sha256sum", target=TARGET_RATIO)
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()

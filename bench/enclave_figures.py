@@ -45,6 +45,8 @@ from enclave.quotes.sim_pki import SimPki  # noqa: E402
 from enclave.quotes.sim_qe import SimQuotingEnclave  # noqa: E402
 from enclave.unixfs import cid_of_chunks  # noqa: E402
 
+from bench.results import figure, samples  # noqa: E402
+
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 SAMPLES = sorted((DIGITS / "samples").glob("*.json"))
 
@@ -114,6 +116,9 @@ async def start_to_ready(s: Setup, runs: int) -> None:
     target = 700 if s.backend is not None and s.backend.name == "docker" else 300
     print(f"  launch -> TLS up (target < {target})       {p50(total):7.1f}   (p90 {pct(total, .9):.1f})")
     print(f"  launch -> AI fetched, checked, loaded {p50(ready):7.1f}")
+    name = s.backend.name if s.backend is not None else "plain"
+    figure(f"ready_{name}", p50(total), "ms", label=f"enclave start to ready (TLS up), p50, {name}", target=target)
+    samples(f"ready_{name}", total, "ms", label=f"enclave start to ready, {name}")
 
 
 def s_open(s: Setup, job: host.Job):
@@ -176,6 +181,10 @@ async def inference(s: Setup, n: int) -> None:
           f"every {p50(e2e):.1f} ms)")
     print(f"  same call outside, paced alike, p50   {p50(paced):8.4f}")
     print(f"  overhead ratio inside/outside         {p50(inside) / p50(paced):8.2f}   (target <= 1.2)")
+    name = s.backend.name if s.backend is not None else "plain"
+    figure(f"infer_{name}", p50(inside) * 1000, "µs", label=f"digits sess.run inside ({name}), p50",
+           reference=p50(paced) * 1000, reference_label="same call outside, paced alike")
+    figure(f"request_{name}", p50(e2e), "ms", label=f"end-to-end request on a fresh TLS stream ({name}), p50")
     print(f"  same call outside, back to back, p50  {p50(before):8.4f}   (warm core; ratio "
           f"{p50(inside) / p50(before):.2f})")
     print(f"  end to end per request, p50           {p50(e2e):8.2f}   (p90 {pct(e2e, .9):.2f}; new stream + "
@@ -211,6 +220,7 @@ def bare_docker_run(s: Setup, runs: int) -> None:
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
         times.append((time.perf_counter() - t) * 1e3)
     print(f"  reference: bare `docker run --rm IMAGE true` {p50(times[1:]):7.1f}   (p90 {pct(times[1:], .9):.1f})")
+    figure("bare_docker_run", p50(times[1:]), "ms", label="bare `docker run --rm IMAGE true`, p50 (reference)")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import trio  # noqa: E402
 
 from enclave_figures import Setup, s_open  # noqa: E402
+from results import figure, samples  # noqa: E402
 from enclave import ratls_verify as rv  # noqa: E402
 from node import testnet  # noqa: E402
 from node.api.client import call  # noqa: E402
@@ -57,7 +58,7 @@ def main() -> int:
     ap.add_argument("--concurrent", type=int, default=20)
     a = ap.parse_args()
     data = SAMPLES[3].read_bytes()
-    s = Setup(sandbox=True)
+    s = Setup("sim")
     floors = [trio.run(floor_once, s, data) for _ in range(6)][1:]
     floor = statistics.median(floors)
 
@@ -83,6 +84,12 @@ def main() -> int:
             print(f"  stage {k:<10} p50 {statistics.median(v):6.0f} ms")
         print(f"floor_p50_ms {floor:.0f}   (sim enclave start + AI + first RA-TLS answer, no network)")
         print(f"protocol_overhead_ms {p50 - floor:.0f}   (target < 300; includes the bidding window, market.bidding_ms)")
+        figure("submit_p50", p50, "ms", label=f"submit -> result p50, {a.jobs} sequential jobs",
+               reference=floor, reference_label="floor: sim enclave start + bare inference")
+        figure("submit_p95", pct(lat, .95), "ms", label="submit -> result p95")
+        figure("overhead", p50 - floor, "ms", label="protocol overhead (p50 minus floor)", target=300)
+        samples("submit_ms", lat, "ms", label="submit -> result, sequential jobs", reference=floors,
+                reference_label="floor (enclave start + inference)")
 
         errors: list[str] = []
 
@@ -104,7 +111,11 @@ def main() -> int:
               f"jobs_per_minute {60 * sum(ok) / dt:.0f}")
         for e in sorted(set(errors)):
             print(f"  failed ({errors.count(e)}x): {e[:300]}")
-        print(f"provider_kill_to_done_s {kill_to_done(state, d):.2f}   (slow AI; the provider is SIGKILLed once its job runs)")
+        kd = kill_to_done(state, d)
+        print(f"provider_kill_to_done_s {kd:.2f}   (slow AI; the provider is SIGKILLed once its job runs)")
+        figure("jobs_per_minute", 60 * sum(ok) / dt, "jobs/min",
+               label=f"jobs per minute, 2 providers, {a.concurrent} concurrent consumers", better="higher")
+        figure("kill_to_done", kd, "s", label="provider SIGKILLed mid-job -> job done on the other")
     finally:
         testnet.down(d)
     return 0

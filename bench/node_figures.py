@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.results import figure, samples  # noqa: E402
 from node.api.client import ApiClient  # noqa: E402
 
 CLI = [sys.executable, "-m", "node.cli.main"]
@@ -100,6 +101,15 @@ def main() -> int:
             c.close()
     finally:
         subprocess.run([*CLI, "testnet", "down", "--dir", str(d)], capture_output=True)
+    figure("testnet_up", res["testnet_up_s"], "s", label=f"`testnet up --nodes {a.nodes}` until all connected",
+           target=10)
+    figure("gossip_delivery", res["gossip_delivery_pct"], "%", label=f"gossip delivery at {a.rate:g} msg/s",
+           target=100, better="higher")
+    figure("gossip_p50", res["gossip_p50_ms"], "ms", label="gossip propagation p50")
+    figure("gossip_p95", res["gossip_p95_ms"], "ms", label="gossip propagation p95", target=100)
+    figure("rss_idle", res["rss_idle_mb_mean"], "MB", label="RSS per idle node (mean)", target=120)
+    figure("status_wall", res["status_wall_ms_p50"], "ms", label="`ofnode status` wall time p50", target=300)
+    samples("gossip_latency", remote, "ms", label=f"gossip propagation, {a.nodes} nodes")
     if a.json:
         print(json.dumps(res, indent=2))
     else:

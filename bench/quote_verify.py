@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from enclave.quotes.sim_pki import SimPki  # noqa: E402
 from enclave.quotes.sim_qe import SimQuotingEnclave  # noqa: E402
 
+from bench.results import figure  # noqa: E402
+
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
     """Calls per second of ``fn`` over about ``seconds`` of wall time."""
@@ -45,12 +47,13 @@ def main() -> None:
 
     print(f"quote bytes: {len(quote)}")
     print(f"sim PKI + QE setup ms: {setup_ms:.1f}")
-    print(f"sim quotes generated per second: {rate(lambda: qe.quote(mrenclave, report_data), seconds):.0f}")
+    made = rate(lambda: qe.quote(mrenclave, report_data), seconds)
+    verified = rate(lambda: dcap_qvl.verify_with_root_ca(quote, collateral, root, now), seconds)
+    print(f"sim quotes generated per second: {made:.0f}")
     print(f"sim collateral sets generated per second: {rate(lambda: qe.collateral(now=now), seconds):.0f}")
-    print(
-        "dcap_qvl.verify_with_root_ca per second: "
-        f"{rate(lambda: dcap_qvl.verify_with_root_ca(quote, collateral, root, now), seconds):.0f}"
-    )
+    print(f"dcap_qvl.verify_with_root_ca per second: {verified:.0f}")
+    figure("sim_quotes_per_s", made, "/s", label="sim quotes made per second",
+           reference=verified, reference_label="dcap-qvl verifications per second", better="higher")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from enclave.backends import EnclaveSpec, runtime_code_dirs
 from enclave.backends.sim import SimBackend
 
+from bench.results import figure
+
 TRUE = ["/usr/bin/true"]
 PY = [sys.executable, "-c", "import sys"]
 
@@ -89,6 +91,9 @@ async def main(runs: int) -> None:
             print(f"  {'(sim start() returns)':18s} p50 {pct(started, 50):7.1f} ms")
             base = pct(rows[0][1], 50)
             print(f"  sandbox overhead p50: {pct(rows[2][1], 50) - base:.1f} ms")
+            key = "true" if argv is TRUE else "python"
+            figure(f"sim_start_exit_{key}", pct(rows[2][1], 50), "ms", label=f"sim sandbox start -> exit of `{label}`, p50",
+                   reference=base, reference_label="plain subprocess")
 
 
 if __name__ == "__main__":

@@ -282,7 +282,7 @@ async def request_shares(host: Any, genesis: Genesis, request: dict[str, Any], *
 
 async def fetch_key(host: Any, genesis: Genesis, request: dict[str, Any], hpke_key: x25519.X25519PrivateKey, *,
                     timeout: float = 10.0) -> bytearray:
-    """Gather t shares for ``request`` (see enclave_side.build_share_request) and rebuild the key.
+    """Gather t shares for ``request`` (see enclave.secret_client.build_share_request) and rebuild the key.
 
     Raises SharesUnavailable naming every peer's reason when fewer than t are
     usable. (In production the enclave does the opening itself, with
