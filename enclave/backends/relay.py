@@ -51,7 +51,7 @@ class ChannelRelay:
         self._closed = True
         os.write(self._wake_w, b"x")
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(5)
+            self._thread.join(1)  # woken by the pipe: returns at once unless stuck in a send
         if not self._thread.is_alive():
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
