@@ -426,20 +426,64 @@ def enclave_response(data: bytes) -> bool:
 
 
 def _collateral_seeds() -> list[bytes]:
+    from node.dos.collateral import COLLATERAL_FIELDS
+
     _, qe = _pki()
-    return [json.dumps(qe.collateral_dict(now=NOW_S)).encode()]
+    doc = qe.collateral_dict(now=NOW_S)
+    return [json.dumps(doc).encode()] + [bytes([i]) + doc[k].encode() for i, k in enumerate(COLLATERAL_FIELDS)]
 
 
 @harness("collateral", "node.dos.collateral.parse_collateral (DCAP collateral JSON)", "CollateralError",
          _collateral_seeds)
 def collateral(data: bytes) -> bool:
-    from node.dos.collateral import CollateralError, parse_collateral
+    from node.dos.collateral import COLLATERAL_FIELDS, CollateralError, parse_collateral
 
+    accepted = False
+    if data:  # also: the input as the value of one field of real collateral (reaches the certificate parsers)
+        field = COLLATERAL_FIELDS[data[0] % len(COLLATERAL_FIELDS)]
+        try:
+            parse_collateral({**_collateral_doc(), field: data[1:].decode("utf-8", "surrogateescape")})
+            accepted = True
+        except CollateralError:
+            pass
     try:
         parse_collateral(data)
     except CollateralError:
-        return False
+        return accepted
     return True
+
+
+@functools.cache
+def _collateral_doc() -> dict[str, str]:
+    _, qe = _pki()
+    return qe.collateral_dict(now=NOW_S)
+
+
+def _pccs_seeds() -> list[bytes]:
+    d = _collateral_doc()
+    tcb = ('{"tcbInfo":%s,"signature":"%s"}' % (d["tcb_info"], d["tcb_info_signature"])).encode()
+    return [tcb, bytes.fromhex(d["pck_crl"]), d["pck_crl"].encode()]
+
+
+@harness("pccs_response", "node.dos.collateral: PCCS/PCS responses (signed JSON bodies, CRLs)", "CollateralError",
+         _pccs_seeds)
+def pccs_response(data: bytes) -> bool:
+    from node.dos import collateral as c
+
+    accepted = False
+    try:
+        body, sig = c._signed_body(data.decode("utf-8", "replace"), "tcbInfo", "tcb")
+        check(isinstance(json.loads(body), dict | list | str | int | float | bool | None), "member is not JSON")
+        accepted = True
+    except c.CollateralError:
+        pass
+    try:
+        der = c._crl_der(data, "pckcrl")
+        c._crl_next_update(der, "pckcrl")
+        accepted = True
+    except c.CollateralError:
+        pass
+    return accepted
 
 
 # ---------------------------------------------------------------------------

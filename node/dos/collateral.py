@@ -101,10 +101,9 @@ def _certs(pem: str, what: str) -> list[x509.Certificate]:
 
 def _crl_next_update(der: bytes, what: str) -> float:
     try:
-        crl = x509.load_der_x509_crl(der)
-    except ValueError:
+        nu = x509.load_der_x509_crl(der).next_update_utc
+    except (ValueError, x509.InvalidVersion):
         raise CollateralError(f"{what}: not a DER CRL") from None
-    nu = crl.next_update_utc
     if nu is None:
         raise CollateralError(f"{what}: CRL without nextUpdate")
     return nu.timestamp()
@@ -257,7 +256,7 @@ def _raw_members(text: str) -> dict[str, str]:
     while True:
         try:
             key, i = dec.raw_decode(text, i)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CollateralError("response is not valid JSON") from None
         if not isinstance(key, str):
             raise CollateralError("response is not valid JSON")
@@ -267,7 +266,7 @@ def _raw_members(text: str) -> dict[str, str]:
         i = ws.match(text, i + 1).end()  # type: ignore[union-attr]
         try:
             _, j = dec.raw_decode(text, i)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CollateralError("response is not valid JSON") from None
         out[key] = text[i:j]
         i = ws.match(text, j).end()  # type: ignore[union-attr]
@@ -299,7 +298,7 @@ def _crl_der(body: bytes, what: str) -> bytes:
     if body.startswith(b"-----BEGIN"):
         try:
             return x509.load_pem_x509_crl(body).public_bytes(Encoding.DER)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise CollateralError(f"{what}: not a PEM CRL") from None
     if re.fullmatch(rb"[0-9a-fA-F]+", body) and len(body) % 2 == 0:
         return bytes.fromhex(body.decode())
