@@ -140,8 +140,24 @@ def test_evidence_key_on_an_unknown_curve_is_a_wire_error() -> None:
 def test_collateral_crash_inputs_are_collateral_errors(name: str) -> None:
     from node.dos.collateral import CollateralError, parse_collateral
 
-    with pytest.raises(CollateralError, match="pck_crl_issuer_chain|tcb_info_issuer_chain|qe_identity_issuer_chain"):
+    expected = {"collateral-bad-issuer-subject": "pck_crl_issuer_chain: bad issuer subject",
+                "collateral-invalid-x509-version": "pck_crl_issuer_chain: not a PEM certificate chain",
+                "collateral-invalid-crl-version": "root_ca_crl: not a DER CRL"}[name]
+    with pytest.raises(CollateralError, match=expected):
         parse_collateral((CRASHES / name).read_bytes())
+
+
+def test_pccs_responses_nested_too_deeply_or_with_a_bad_crl_are_collateral_errors() -> None:
+    from node.dos import collateral as c
+
+    for text in ('{"tcbInfo":' + "[" * 100_000, '{' + '"a":' * 50_000, '{"tcbInfo":{},"signature":' + "[" * 100_000):
+        with pytest.raises(c.CollateralError, match="not valid JSON"):
+            c._signed_body(text, "tcbInfo", "tcb")
+    crl_v9 = (CRASHES / "collateral-invalid-crl-version").read_bytes()
+    der = bytes.fromhex(json.loads(crl_v9)["root_ca_crl"])
+    pem = b"-----BEGIN X509 CRL-----\n" + base64.encodebytes(der) + b"-----END X509 CRL-----\n"
+    with pytest.raises(c.CollateralError, match="not a PEM CRL"):
+        c._crl_der(pem, "rootcacrl")
 
 
 # -- gossip payloads parsed ad hoc ------------------------------------------------------
