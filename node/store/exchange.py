@@ -29,6 +29,8 @@ import hashlib
 import heapq
 import itertools
 import logging
+import math
+import queue
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Iterable
@@ -222,7 +224,7 @@ class Inbound:
     wantlist: bool = False
     full: bool = False
     wants: list[WantEntry] = field(default_factory=list)
-    blocks: list[tuple[int, int, bytes]] = field(default_factory=list)  # (version, codec, data)
+    blocks: list[tuple[int, int, bytes | memoryview]] = field(default_factory=list)  # (version, codec, data)
     presences: list[tuple[Cid, bool]] = field(default_factory=list)     # (cid, have)
     unsupported: list[bytes] = field(default_factory=list)  # CIDs we cannot hold, DontHave wanted
     offences: dict[str, int] = field(default_factory=dict)
@@ -231,15 +233,68 @@ class Inbound:
         self.offences[reason] = self.offences.get(reason, 0) + count
 
 
+def _scan_payloads(body: bytes) -> list[tuple[bytes, memoryview]] | None:
+    """The ``payload`` blocks of a message made of nothing else, as
+    ``(prefix, data view)``, found without a protobuf parse or a copy; None
+    for any other shape (the caller then parses it with protobuf).
+
+    Accepted is only what protobuf decodes to exactly this: top-level field 3
+    (length-delimited) only, each holding field 1 then field 2, once each,
+    with minimal varints and lengths inside their bounds. This is the answer
+    every Bitswap server sends while a fetch runs (``encode_answer``, go and
+    js encode the same), and the generated parser copied each block twice.
+    """
+    view = memoryview(body)
+    end = len(body)
+    pos = 0
+    out: list[tuple[bytes, memoryview]] = []
+    try:
+        while pos < end:
+            if body[pos] != 0x1A:                       # Message.payload, wire type 2
+                return None
+            size, pos = decode_uvarint(body, pos + 1)
+            stop = pos + size
+            if stop > end or pos >= stop or body[pos] != 0x0A:   # Block.prefix first
+                return None
+            plen, p = decode_uvarint(body, pos + 1)
+            pend = p + plen
+            if pend >= stop or body[pend] != 0x12:      # then Block.data, to the end
+                return None
+            dlen, d = decode_uvarint(body, pend + 1)
+            if d + dlen != stop:
+                return None
+            out.append((body[p:pend], view[d:stop]))
+            pos = stop
+    except (VarintError, IndexError):
+        return None
+    return out
+
+
 def decode_message(body: bytes, limits: Limits = Limits()) -> Inbound:
     """Parse and validate one message body (without its length prefix).
 
     Raises :class:`ProtocolViolation` when the bytes are not a Bitswap message
     at all; a message that parses but has bad parts is returned without them,
-    and the bad parts are counted in ``offences``.
+    and the bad parts are counted in ``offences``. Block data may come back
+    as a ``memoryview`` into ``body`` (see :func:`_scan_payloads`).
     """
     if len(body) > limits.max_message:
         raise ProtocolViolation("undecodable", f"message of {len(body)} bytes")
+    if body[:1] == b"\x1a":
+        scanned = _scan_payloads(body)
+        if scanned is not None:
+            out = Inbound()
+            for prefix, data in scanned:
+                try:
+                    version, codec = parse_prefix(prefix)
+                except ProtocolViolation:
+                    out.offend("bad_prefix")
+                    continue
+                if len(data) > MAX_BLOCK_SIZE:
+                    out.offend("oversize_block")
+                    continue
+                out.blocks.append((version, codec, data))
+            return out
     try:
         msg = pb.Message.FromString(body)
     except Exception as exc:  # google.protobuf.message.DecodeError and friends
@@ -531,6 +586,94 @@ def declare_metrics(m: Metrics) -> None:
     m.declare("ofnode_bitswap_stream_errors_total", "counter", "Bitswap streams that failed, by direction.")
 
 
+_RawBlock = tuple[int, int, "bytes | memoryview"]   # (version, codec, data) as received
+_STOP: Final = object()
+
+
+class _StoreWriter:
+    """The store writer: one thread of its own, fed by a queue, that hashes
+    received blocks and writes the wanted ones, one :meth:`Blockstore.batch`
+    (one flush) for everything that queued up meanwhile.
+
+    Why not a ``trio.to_thread`` call per batch, as before: dispatching each
+    batch to a pooled worker and waking the loop afterwards cost the event
+    loop (which also decrypts and parses every byte) as much as a tenth of
+    its time. Here the loop only puts messages on a queue; the thread
+    batches by itself and hands results back with ``run_sync_soon``, which
+    never waits for the loop. At most ``Limits.write_queue`` messages wait.
+    The thread runs under :meth:`run`, a task of the exchange's nursery, so
+    it lives and ends with the exchange.
+    """
+
+    def __init__(self, x: "Exchange") -> None:
+        self._x = x
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._slots = trio.Semaphore(x.limits.write_queue)
+        self.running = False
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        token = trio.lowlevel.current_trio_token()
+        done_send, done_recv = trio.open_memory_channel[tuple[int, Any, BaseException | None]](math.inf)
+        self._queue = queue.SimpleQueue()
+        self.running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report, done_recv)
+                task_status.started()
+                # Not abandoned on cancel: a batch in hand is finished (and
+                # flushed) before the exchange stops; stop() ends the loop.
+                try:
+                    await trio.to_thread.run_sync(self._loop, token, done_send.send_nowait,
+                                                  limiter=trio.CapacityLimiter(1))
+                finally:
+                    done_send.close()   # _report drains what is left, then ends
+        finally:
+            self.running = False
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+
+    async def submit(self, peer: ID, blocks: list[_RawBlock]) -> None:
+        await self._slots.acquire()
+        self._queue.put((peer, blocks))
+
+    async def _report(self, done_recv: trio.MemoryReceiveChannel[tuple[int, Any, BaseException | None]]) -> None:
+        async for count, done, error in done_recv:
+            for _ in range(count):
+                self._slots.release()
+            self._x._written(done, error)
+
+    def _loop(self, token: trio.lowlevel.TrioToken, report: Any) -> None:
+        limit = self._x.limits.write_batch
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            size = sum(len(d) for _, _, d in item[1])
+            while size < limit:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+                size += sum(len(d) for _, _, d in item[1])
+            done: Any = None
+            error: BaseException | None = None
+            try:
+                done = self._x._ingest(batch)
+            except Exception as exc:  # reported to the fetches in the loop thread
+                error = exc
+            try:
+                token.run_sync_soon(report, (len(batch), done, error))
+            except trio.RunFinishedError:
+                return
+
+
 class Exchange:
     """Bitswap server and client over one libp2p host and one blockstore.
 
@@ -558,7 +701,7 @@ class Exchange:
         self._io_limiter = trio.CapacityLimiter(limits.store_threads)
         self._notifee = _Watch(self)
         self._streams: set[INetStream] = set()   # inbound streams being read
-        self._to_writer: trio.MemorySendChannel[tuple[ID, list[tuple[int, int, bytes]]]] | None = None
+        self._writer = _StoreWriter(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -572,11 +715,12 @@ class Exchange:
                 for proto in PROTOCOLS:
                     self.host.set_stream_handler(proto, self._handle_stream)
                 self.host.get_network().register_notifee(self._notifee)
-                self._to_writer, from_peers = trio.open_memory_channel[tuple[ID, list[tuple[int, int, bytes]]]](
-                    self.limits.write_queue)
-                nursery.start_soon(self._write_blocks, from_peers)
+                await nursery.start(self._writer.run)
                 task_status.started()
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._writer.stop()   # it finishes the batch in hand, then its thread returns
         finally:
             self._nursery = None
             # Inbound streams are read by tasks libp2p owns: stop them too.
@@ -1010,8 +1154,8 @@ class Exchange:
 
     # -- client: receiving blocks ------------------------------------------------
 
-    def _ingest(self, batch: list[tuple[ID, list[tuple[int, int, bytes]]]]) -> list[tuple[ID, list[tuple[Cid, int, bytes | None, bool]]]]:
-        """Hash every block and store the wanted ones (worker thread).
+    def _ingest(self, batch: list[tuple[ID, list[_RawBlock]]]) -> list[tuple[ID, list[tuple[Cid, int, bytes | None, bool]]]]:
+        """Hash every block and store the wanted ones (the writer thread).
 
         The whole batch is written inside one :meth:`Blockstore.batch`: one
         flush for all its blocks instead of two fsyncs per block (ext4 turns
@@ -1022,48 +1166,40 @@ class Exchange:
         Returns, per message, ``(cid, size, data if dag-pb, wanted)`` per block.
         """
         out = []
+        interest = self._interest   # read under the GIL; a late change only makes a duplicate
         with self.store.batch():
             for peer, blocks in batch:
                 results = []
                 for version, codec, data in blocks:
-                    cid = Cid(version, codec, hashlib.sha256(data).digest())
-                    key = cid.to_v1()
-                    wanted = key in self._interest
+                    key = Cid(1, codec, hashlib.sha256(data).digest())  # CIDv0 and v1 share the file
+                    wanted = key in interest
                     if wanted:
                         self.store.put(key, data, hashed=True)  # the CID was computed from these bytes
-                    results.append((key, len(data), data if codec == DAG_PB and wanted else None, wanted))
+                    node = bytes(data) if codec == DAG_PB and wanted else None
+                    results.append((key, len(data), node, wanted))
                 out.append((peer, results))
         return out
 
-    async def _receive_blocks(self, peer: ID, blocks: list[tuple[int, int, bytes]]) -> None:
+    async def _receive_blocks(self, peer: ID, blocks: list[_RawBlock]) -> None:
         """Queue received blocks for the store writer (waits while it is behind)."""
-        if self._nursery is None or self._to_writer is None:
+        if self._nursery is None or not self._writer.running:
             raise trio.ClosedResourceError("the exchange has stopped")
-        await self._to_writer.send((peer, blocks))
+        await self._writer.submit(peer, blocks)
 
-    async def _write_blocks(self, from_peers: trio.MemoryReceiveChannel[tuple[ID, list[tuple[int, int, bytes]]]]) -> None:
-        """The store writer: takes everything queued, from every peer, and
-        writes it in one batch; repeats. Under load batches grow on their own."""
-        async with from_peers:
-            while True:
-                batch = [await from_peers.receive()]
-                size = sum(len(d) for _, _, d in batch[0][1])
-                while size < self.limits.write_batch:
-                    try:
-                        item = from_peers.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    batch.append(item)
-                    size += sum(len(d) for _, _, d in item[1])
-                try:
-                    done = await trio.to_thread.run_sync(self._ingest, batch, limiter=self._io_limiter)
-                except (BlockstoreError, OSError, ValueError) as exc:
-                    log.error("cannot store received blocks", extra={"error": str(exc)[:200]})
-                    for s in list(self._sessions):
-                        s.store_failed(exc)
-                    continue
-                for peer, results in done:
-                    self._deliver(peer, results)
+    def _written(self, done: list[tuple[ID, list[tuple[Cid, int, bytes | None, bool]]]] | None,
+                 error: BaseException | None) -> None:
+        """A batch is on disk (or failed): tell the fetches."""
+        if error is not None:
+            if isinstance(error, (BlockstoreError, OSError, ValueError)):
+                log.error("cannot store received blocks", extra={"error": str(error)[:200]})
+            else:  # a bug of ours; the fetches fail rather than hang
+                log.error("store writer failed", exc_info=error)
+            for s in list(self._sessions):
+                s.store_failed(error)
+            return
+        assert done is not None
+        for peer, results in done:
+            self._deliver(peer, results)
 
     def _deliver(self, peer: ID, results: list[tuple[Cid, int, bytes | None, bool]]) -> None:
         asked = self._asked.get(peer, {})
