@@ -194,12 +194,35 @@ def up(
     net: dict[str, Any] | None = None
     switch: subprocess.Popen[bytes] | None = None
     ready: list[dict[str, Any] | None] = [None] * nodes
+
+    def state(running: bool) -> dict[str, Any]:
+        return {
+            "network": genesis.network_id,
+            "genesis": str(directory / "genesis.toml"),
+            "created": genesis.created,
+            "dos_quorum": genesis.dos_quorum,
+            "secrets_threshold": genesis.secrets_threshold,
+            "nodes": [
+                {"name": f"node{i}", "peer_id": idents[i].peer_id,
+                 "socket": (ready[i] or {}).get("socket", str(dirs[i] / "ofnode.sock")),
+                 "data_dir": str(dirs[i]), "pid": procs[i][0].pid, "roles": layout.roles(i), "addr": addrs[i],
+                 "metrics_url": (ready[i] or {}).get("metrics_url", ""),
+                 **({"netns": net["nodes"][i], "ip": hosts[i]} if net else {})}
+                for i in range(len(procs))
+            ],
+            **({"netns": {k: v for k, v in net.items() if k != "nodes"}} if net else {}),
+            "up_seconds": round(time.monotonic() - t0, 3),
+            "running": running,
+        }
+
     try:
         with netns_mod.lock() if netns else _nolock():
             if netns:
                 net, switch = _make_network(directory, genesis.network_id, nodes, shape, say)
             for i, d in enumerate(dirs):
                 procs.append(_spawn_daemon(d, net["nodes"][i] if net else None))
+        # Recorded before the wait, so that `down` can clean up even if this process dies now.
+        atomic_write(directory / STATE_FILE, json.dumps(state(False), indent=2).encode(), mode=0o644)
         say(f"started {nodes} daemons")
         _wait_ready(procs, ready, dirs, deadline=time.monotonic() + timeout)
         say(f"all {nodes} daemons ready after {time.monotonic() - t0:.1f} s; waiting for links")
@@ -227,26 +250,10 @@ def up(
             with netns_mod.lock():
                 netns_mod.delete(net["namespaces"])
         raise
-    state = {
-        "network": genesis.network_id,
-        "genesis": str(directory / "genesis.toml"),
-        "created": genesis.created,
-        "dos_quorum": genesis.dos_quorum,
-        "secrets_threshold": genesis.secrets_threshold,
-        "nodes": [
-            {"name": f"node{i}", "peer_id": idents[i].peer_id, "socket": ready[i]["socket"],  # type: ignore[index]
-             "data_dir": str(dirs[i]), "pid": procs[i][0].pid, "roles": layout.roles(i), "addr": addrs[i],
-             "metrics_url": ready[i]["metrics_url"],  # type: ignore[index]
-             **({"netns": net["nodes"][i], "ip": hosts[i]} if net else {})}
-            for i in range(nodes)
-        ],
-        **({"netns": {k: v for k, v in net.items() if k != "nodes"}} if net else {}),
-        "up_seconds": round(time.monotonic() - t0, 3),
-        "running": True,
-    }
-    atomic_write(directory / STATE_FILE, json.dumps(state, indent=2).encode(), mode=0o644)
-    say(f"testnet up: {nodes} nodes fully connected in {state['up_seconds']:.1f} s")
-    return state
+    st = state(True)
+    atomic_write(directory / STATE_FILE, json.dumps(st, indent=2).encode(), mode=0o644)
+    say(f"testnet up: {nodes} nodes fully connected in {st['up_seconds']:.1f} s")
+    return st
 
 
 @contextlib.contextmanager
