@@ -767,6 +767,15 @@ def config(data: bytes) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# a harness with a planted bug, to check that the runner catches and saves crashes
+
+if os.environ.get("OFNODE_FUZZ_SELFTEST"):
+    @harness("selftest", "a planted bug: any input containing b'BUG'", "nothing", lambda: [b"no bug", b"a BUG"])
+    def selftest(data: bytes) -> bool:
+        if b"BUG" in data:
+            raise KeyError("planted bug")
+        return True
+
 
 def names() -> list[str]:
     return list(REGISTRY)
