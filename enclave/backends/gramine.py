@@ -141,7 +141,8 @@ class GramineBackend(Backend):
 
         ``spec.argv`` must be ``python -m enclave.runtime --socket /run/ofnode/NAME ...``:
         only NAME is used (the host's listener in ``spec.socket_dir``); the
-        manifest fixes the rest. ``ai`` gives the limits (else the spec's).
+        manifest fixes the rest, and its file set replaces ``spec.code_dirs``
+        (``gramine_manifest.RuntimeLayout``). ``ai`` gives the limits (else the spec's).
         """
         avail = self.available()
         if not avail.ok:
@@ -157,6 +158,9 @@ class GramineBackend(Backend):
                 gm.render, limits, layout, quote_source=self.quote_source, env=dict(spec.env)))
         except gm.GramineManifestError as exc:
             raise BackendError(f"cannot render the Gramine manifest: {exc}") from None
+        problems = gm.check_manifest(text, limits=limits, argv=gm.enclave_argv(layout, self.quote_source), rehash=False)
+        if problems:  # the template or a spec weakened something: never launch that
+            raise BackendError(f"the rendered Gramine manifest is wrong: {'; '.join(problems)}")
         (workdir / gm.MANIFEST_IN).write_text(text)
         cmds = self.commands()
         for argv in (cmds.manifest, cmds.keygen, cmds.sign):
