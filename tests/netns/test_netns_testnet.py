@@ -210,6 +210,38 @@ def test_down_leaves_nothing_and_sweeps_a_crashed_run(net4):
     assert r.returncode == 1 and "not running" in r.stderr
 
 
+def test_down_cleans_up_after_an_up_that_died_midway(tmp_path):
+    ok, why = _netns_usable()
+    require_part("network namespaces (root + iproute2)", ok, why)
+    d = tmp_path / "tn"
+    up = subprocess.Popen([sys.executable, "-m", "node.cli.main", "testnet", "up", "--netns", "--nodes", "2",
+                           "--dos", "1", "--secrets", "1", "--providers", "1", "--dir", str(d)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in up.stderr:  # type: ignore[union-attr]
+            if line.startswith("started 2 daemons"):
+                break
+        else:
+            pytest.fail("testnet up ended before it started its daemons")
+        up.kill()  # the CLI dies while the daemons come up
+        up.wait()
+        st = json.loads((d / testnet.STATE_FILE).read_text())
+        assert len(st["nodes"]) == 2 and not st["running"]
+        assert set(st["netns"]["namespaces"]) <= _namespaces()
+        res = testnet.down(d)
+        assert res["stopped"] + res["killed"] == 2
+        assert not set(st["netns"]["namespaces"]) & _namespaces()
+        assert all(not netns.pids(ns) for ns in st["netns"]["namespaces"])
+    finally:
+        if up.poll() is None:
+            up.kill()
+        if (d / testnet.STATE_FILE).exists():
+            st = json.loads((d / testnet.STATE_FILE).read_text())
+            testnet.down(d)
+            with netns.lock():
+                netns.delete(st.get("netns", {}).get("namespaces", []))
+
+
 def test_clear_errors_without_root_or_netns(tmp_path, monkeypatch):
     with pytest.raises(testnet.TestnetError, match="add --netns"):
         testnet.up(tmp_path / "a", nodes=2, dos=1, secrets=1, providers=1, latency_ms=20)
