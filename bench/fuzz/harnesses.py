@@ -425,6 +425,27 @@ def enclave_response(data: bytes) -> bool:
     return True
 
 
+@functools.cache
+def _digits() -> Callable[[bytes], tuple[bytes, float]]:
+    from enclave.ai_manifest import load_manifest
+    from enclave.runtime import runners
+
+    return runners.load(load_manifest(EXAMPLES / "digits"), EXAMPLES / "digits")
+
+
+@harness("onnx_input", "enclave.runtime.runners: an onnx AI's JSON input (the digits example)", "BadRequest",
+         lambda: [p.read_bytes() for p in sorted((EXAMPLES / "digits" / "samples").glob("*.json"))[:3]])
+def onnx_input(data: bytes) -> bool:
+    from enclave.runtime.runners import BadRequest
+
+    try:
+        out, _ = _digits()(data)
+    except BadRequest:
+        return False
+    check(isinstance(json.loads(out), dict), "output is not a JSON object")
+    return True
+
+
 def _collateral_seeds() -> list[bytes]:
     from node.dos.collateral import COLLATERAL_FIELDS
 

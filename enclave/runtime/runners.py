@@ -50,7 +50,7 @@ def _onnx(m: AiManifest, root: Path) -> Runner:
     def run(request: bytes) -> tuple[bytes, float]:
         try:
             body = json.loads(request)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise BadRequest(f"input is not JSON: {exc}") from None
         if not isinstance(body, dict) or spec.input_key not in body:
             raise BadRequest(f"input must be a JSON object with key {spec.input_key!r}")

@@ -206,3 +206,15 @@ def test_harness_replays_every_saved_crash_input() -> None:
             H.get(path.name.split("-")[0]).target(path.read_bytes())
     finally:
         logging.disable(logging.NOTSET)
+
+
+# -- the onnx runner's input: deep JSON was "AI failed: RecursionError", not a bad request --
+def test_deeply_nested_onnx_input_is_a_bad_request() -> None:
+    from enclave.runtime.runners import BadRequest
+
+    run = H._digits()
+    for raw in (b"[" * 100_000, b'{"pixels":' + b"[" * 100_000):
+        with pytest.raises(BadRequest, match="not JSON"):
+            run(raw)
+    sample = next((H.EXAMPLES / "digits" / "samples").glob("*.json")).read_bytes()
+    assert "label" in json.loads(run(sample)[0])
