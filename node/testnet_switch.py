@@ -38,7 +38,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -96,8 +96,9 @@ def open_port(ifname: str) -> socket.socket:
 
 
 class Switch:
-    def __init__(self, ports: list[tuple[str, str]], shape: Shape, control: str, seed: int | None = None) -> None:
-        self.ports = [Port(node, ifname, open_port(ifname), Shape(**asdict(shape))) for node, ifname in ports]
+    def __init__(self, ports: list[tuple[str, str]], shape: Shape, control: str, seed: int | None = None,
+                 opener: Callable[[str], socket.socket] = open_port) -> None:
+        self.ports = [Port(node, ifname, opener(ifname), Shape(**asdict(shape))) for node, ifname in ports]
         self.by_node = {p.node: i for i, p in enumerate(self.ports)}
         self.by_fd = {p.sock.fileno(): i for i, p in enumerate(self.ports)}
         self.macs: dict[bytes, int] = {}
