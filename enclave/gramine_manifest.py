@@ -51,10 +51,28 @@ from enclave import measure
 from enclave.ai_manifest import Resources
 
 __all__ = [
-    "CHANNEL_ENV", "DEBIAN_PKGLIBDIR", "MANIFEST_IN", "MANIFEST", "RUNTIME_DISTRIBUTIONS", "RUNTIME_THREADS",
-    "TEMPLATE", "GramineInstall", "GramineManifestError", "Limits", "RuntimeLayout", "TrustedFile",
-    "check_manifest", "enclave_argv", "finish", "format_size", "render", "render_template", "runtime_files",
-    "trusted_files", "validate", "variables",
+    "CHANNEL_ENV",
+    "DEBIAN_PKGLIBDIR",
+    "MANIFEST",
+    "MANIFEST_IN",
+    "RUNTIME_DISTRIBUTIONS",
+    "RUNTIME_THREADS",
+    "TEMPLATE",
+    "GramineInstall",
+    "GramineManifestError",
+    "Limits",
+    "RuntimeLayout",
+    "TrustedFile",
+    "check_manifest",
+    "enclave_argv",
+    "finish",
+    "format_size",
+    "render",
+    "render_template",
+    "runtime_files",
+    "trusted_files",
+    "validate",
+    "variables",
 ]
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "ofenclave.manifest.template"
@@ -108,7 +126,7 @@ class Limits:
     ai_threads: int
 
     @classmethod
-    def for_ai(cls, res: Resources) -> "Limits":
+    def for_ai(cls, res: Resources) -> Limits:
         return cls(enclave_size=res.enclave_size, max_threads=res.threads + RUNTIME_THREADS,
                    memory=res.memory, ai_threads=res.threads)
 
@@ -135,7 +153,7 @@ class RuntimeLayout:
     arch_libdir: str = "/lib/x86_64-linux-gnu"
 
     @classmethod
-    def current(cls) -> "RuntimeLayout":
+    def current(cls) -> RuntimeLayout:
         import enclave
 
         return cls(python_argv0=sys.executable, python_bin=Path(sys.executable).resolve(),

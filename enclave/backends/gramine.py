@@ -54,7 +54,7 @@ from enclave.backends.base import (
 from enclave.backends.process import LocalEnclaveProcess, RawExit, spawn
 from enclave.backends.relay import ChannelRelay
 
-__all__ = ["APP", "GramineBackend", "GramineDirectBackend", "GramineSgxBackend", "Commands", "build_commands"]
+__all__ = ["APP", "Commands", "GramineBackend", "GramineDirectBackend", "GramineSgxBackend", "build_commands"]
 
 _log = logging.getLogger(__name__)
 

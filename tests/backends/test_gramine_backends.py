@@ -27,14 +27,34 @@ import trio
 from enclave import gramine_manifest as gm
 from enclave import host
 from enclave import ratls_verify as rv
-from enclave.backends import BackendError, BackendUnavailable, EnclaveSpec, backend_names, get_backend
-from enclave.backends import gramine
-from enclave.backends import inventory
-from tests.enclave.conftest import EXAMPLES, collateral, digits, make_job, pki, qe, verify_kwargs  # noqa: F401
+from enclave.backends import (
+    BackendError,
+    BackendUnavailable,
+    EnclaveSpec,
+    backend_names,
+    gramine,
+    inventory,
+)
+from enclave.quotes.sim_pki import SimPki
+from enclave.quotes.sim_qe import SimQuotingEnclave
+from tests.enclave.conftest import EXAMPLES, NOW, make_job, seal
 
 STANDIN = Path(__file__).resolve().parents[1] / "helpers" / "gramine_standin"
 STANDIN_INSTALL = gm.GramineInstall(STANDIN / "pkglib")
 SAMPLE = EXAMPLES / "digits" / "samples" / "4-1023.json"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return seal(EXAMPLES / "digits")
+
+
+@pytest.fixture(scope="module")
+def sim_qe() -> tuple[SimQuotingEnclave, dict]:
+    """A simulated QE and the verifier's arguments for its quotes."""
+    pki = SimPki.generate("gramine-tests", now=NOW)
+    qe = SimQuotingEnclave(pki, seed=b"gramine-tests", now=NOW)
+    return qe, {"root_ca_der": pki.root_cert_der, "collateral": qe.collateral(now=NOW), "now": NOW}
 
 
 @pytest.fixture
@@ -148,7 +168,8 @@ def spying_launcher(backend, seen: dict, **limits):
     return launch
 
 
-async def test_gramine_direct_runs_the_digits_ai_through_the_standin(standin_path, qe, digits, verify_kwargs) -> None:
+async def test_gramine_direct_runs_the_digits_ai_through_the_standin(standin_path, sim_qe, digits) -> None:
+    qe, verify_kwargs = sim_qe
     backend = gramine.GramineDirectBackend()
     assert backend.available().ok, backend.available().reason
     seen: dict = {}
@@ -228,9 +249,10 @@ def play_dev_attestation(tmp_path: Path, qe, mrenclave: bytes) -> Path:
 
 
 async def test_gramine_sgx_runs_the_digits_ai_with_quotes_from_dev_attestation(
-        standin_path, tmp_path, qe, digits, verify_kwargs) -> None:
+        standin_path, tmp_path, sim_qe, digits) -> None:
     """The whole sgx path with stand-ins: build, sign, launch; the runtime's quotes come from
     /dev/attestation (a played directory bound there), the host answers none (quote_fn=None)."""
+    qe, verify_kwargs = sim_qe
     from tests.parts import require_part
 
     require_part("bubblewrap (plays /dev/attestation for the stand-in)", shutil.which("bwrap") is not None)
