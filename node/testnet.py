@@ -33,11 +33,11 @@ import tomli_w
 from enclave.quotes.sim_pki import SimPki
 from enclave.quotes.sim_qe import DEFAULT_SIM_MRSIGNER
 
+from . import testnet_netns as netns_mod
 from .api.client import ApiClient, ApiUnavailable
 from .fsutil import atomic_write, private_dir
 from .genesis import Genesis, Policy
 from .identity import load_or_create_identity
-from . import testnet_netns as netns_mod
 from .testnet_switch import Shape
 from .testnet_switch import request as switch_request
 

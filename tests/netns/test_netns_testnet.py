@@ -11,7 +11,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -136,7 +135,7 @@ def test_shape_one_node_from_the_cli(net4):
 
 def test_loss_drops_frames_and_tcp_recovers(net4):
     nodes, d = net4["nodes"], net4["dir"]
-    lost = lambda: {p["node"]: p["lost"] for p in testnet.status(d)["netns"]["links"]}  # noqa: E731
+    lost = lambda: {p["node"]: p["lost"] for p in testnet.status(d)["netns"]["links"]}
     before = lost()
     testnet.shape(d, nodes=["node2"], loss_pct=25)
     try:
