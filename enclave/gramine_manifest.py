@@ -519,3 +519,40 @@ def _dotted(node: Any, prefix: str = "") -> Iterable[str]:
         for k, v in node.items():
             yield f"{prefix}{k}"
             yield from _dotted(v, f"{prefix}{k}.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m enclave.gramine_manifest render AI_DIR`` / ``check MANIFEST AI_DIR``: for operators."""
+    import argparse
+
+    from enclave.ai_manifest import ManifestError, load_manifest
+
+    p = argparse.ArgumentParser(prog="python -m enclave.gramine_manifest",
+                                description="Render or check the Gramine manifest of the enclave runtime for an AI.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="print the manifest (stage 1; both stages with --gramine)")
+    r.add_argument("ai_dir")
+    r.add_argument("--quote-source", default="dev-attestation", choices=("dev-attestation", "sim-host"))
+    r.add_argument("--gramine", metavar="PKGLIBDIR", help=f"finish stage 2 with this Gramine (e.g. {DEBIAN_PKGLIBDIR})")
+    c = sub.add_parser("check", help="list every problem of a rendered manifest (exit 1 if any)")
+    c.add_argument("manifest")
+    c.add_argument("ai_dir")
+    args = p.parse_args(argv)
+    try:
+        limits = Limits.for_ai(load_manifest(args.ai_dir).resources)
+        layout = RuntimeLayout.current()
+        if args.cmd == "render":
+            install = GramineInstall(Path(args.gramine)) if args.gramine else None
+            sys.stdout.write(render(limits, layout, quote_source=args.quote_source, install=install))
+            return 0
+        problems = check_manifest(Path(args.manifest).read_text(), limits=limits, required=runtime_files(layout))
+    except (ManifestError, GramineManifestError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -209,3 +209,17 @@ def test_runtime_threads_cover_the_runtimes_streams() -> None:
     from enclave.runtime.main import MAX_STREAMS
 
     assert gm.RUNTIME_THREADS >= MAX_STREAMS + 3 + 3  # main, reader, AI + Gramine's IPC, async, TLS helper
+
+
+def test_command_line_renders_and_checks(tmp_path, capsys) -> None:
+    ai = str(REPO / "examples" / "digits")
+    assert gm.main(["render", ai, "--gramine", str(STANDIN.pkglibdir)]) == 0
+    rendered = tmp_path / "ofenclave.manifest"
+    rendered.write_text(capsys.readouterr().out)
+    assert tomllib.loads(rendered.read_text())["sgx"]["enclave_size"] == "1G"
+    assert gm.main(["check", str(rendered), ai]) == 0
+    assert capsys.readouterr().out == ""
+    rendered.write_text(rendered.read_text().replace('enclave_size = "1G"', 'enclave_size = "2G"'))
+    assert gm.main(["check", str(rendered), ai]) == 1
+    assert "sgx.enclave_size is 2G, the AI asks for 1G" in capsys.readouterr().out
+    assert gm.main(["check", str(tmp_path / "missing"), ai]) == 2
