@@ -44,6 +44,7 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
+PACKET_OUTGOING = 4  # the packet type of frames this host sends out of the interface
 VNET_HDR_LEN = 10
 MAX_FRAME = 1 << 18  # a GSO super-frame is at most 64 KiB (256 KiB with BIG TCP)
 
@@ -87,7 +88,10 @@ class Port:
 def open_port(ifname: str) -> socket.socket:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-    s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    try:
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)  # Linux >= 4.20; receive() filters them anyway
+    except OSError:
+        pass
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     s.bind((ifname, ETH_P_ALL))
@@ -121,12 +125,14 @@ class Switch:
         port = self.ports[i]
         while True:
             try:
-                n = port.sock.recv_into(self.buf, MAX_FRAME, socket.MSG_TRUNC)
+                n, addr = port.sock.recvfrom_into(self.buf, MAX_FRAME, socket.MSG_TRUNC)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 port.tx_errors += 1
                 return
+            if isinstance(addr, tuple) and len(addr) > 2 and addr[2] == PACKET_OUTGOING:
+                continue  # our own transmission on this port, seen by the packet socket
             if n > MAX_FRAME or n < VNET_HDR_LEN + 14:
                 port.lost += 1
                 continue
