@@ -11,6 +11,7 @@ hypothesis tests (``tests/fuzz/``). Nothing here is imported by the node.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
@@ -95,7 +96,7 @@ def _ratls() -> dict[str, Any]:
     claims = ratls.dice_claims(spki, NONCE)
     dice = ratls.dice_evidence(qe.quote(MRENCLAVE, ratls.dice_report_data(claims)), claims)
     legacy = qe.quote(MRENCLAVE, ratls.report_data(spki, NONCE))
-    return {"cert": cert, "spki": spki, "dice": dice, "legacy": legacy,
+    return {"cert": cert, "spki": spki, "dice": dice, "legacy": legacy, "key": key,
             "collateral": qe.collateral(now=NOW_S), "root": pki.root_cert_der}
 
 
@@ -336,7 +337,9 @@ def package_decrypt(data: bytes) -> bool:
 
 @functools.cache
 def _scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="ofnode-fuzz-"))
+    path = Path(tempfile.mkdtemp(prefix="ofnode-fuzz-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 @harness("package_unpack", "enclave.package.unpack (decrypted AI archive)", "PackageError",
@@ -711,6 +714,108 @@ def wire_frame(data: bytes) -> bool:
         return True
 
     return trio.run(go)
+
+
+@functools.cache
+def _secrets() -> dict[str, Any]:
+    from enclave import secret_client
+    from node.genesis import Genesis, Policy
+    from node.secrets.audit import AuditLog
+    from node.secrets.release import Releaser
+    from node.secrets.service import SecretsService
+    from node.secrets.shamir import key_check, split_key
+    from node.secrets.share_store import ShareStore
+
+    class NoAudit(AuditLog):  # the real one fsyncs a line per decision
+        def __init__(self) -> None:
+            pass
+
+        def append(self, event: str, **fields: Any) -> dict[str, Any]:
+            return {}
+
+    ids = _ids()
+    g = Genesis(network_id=NETWORK, created="2026-11-27T00:00:00Z", dos_peers=(ids[0].peer_id, ids[1].peer_id),
+                dos_quorum=1, secrets_peers=(ids[3].peer_id, ids[1].peer_id), secrets_threshold=2,
+                policy=Policy(mrenclave=(MRENCLAVE.hex(),), sim_root_ca=_ratls()["root"]))
+    store = ShareStore(_scratch() / "shares")
+    ai_key = bytes(range(100, 132))
+    entry = _acl_entry_dict()
+    store.deposit(ai_cid=entry["ai_cid"], version=1, index=1, threshold=2, n=2,
+                  share=split_key(ai_key, 2, 2)[0].value, key_check=key_check(ai_key), owner="publisher")
+    hpke = secret_client.new_hpke_key()
+    request = secret_client.build_share_request(entry, [_acl_sig_dict()], _ratls()["key"], hpke)
+    releaser = Releaser(ids[3], g, store, NoAudit(), clock=lambda: NOW_S)
+    answer = releaser.decide(ids[2].peer_id, request)
+    check(answer.get("ok") is True, f"the seed share request is refused: {answer}")
+    deposit = {"op": "deposit", "ai_cid": entry["ai_cid"], "version": 2, "index": 1, "threshold": 2, "n": 2,
+               "share": split_key(ai_key, 2, 2)[0].value.hex(), "key_check": key_check(ai_key)}
+    vault_store = ShareStore(_scratch() / "vault")  # deposits never touch `store`; the revoke seed revokes this one
+    vault_store.deposit(ai_cid=_other_cid(), version=1, index=1, threshold=2, n=2,
+                        share=split_key(ai_key, 2, 2)[0].value, key_check=key_check(ai_key), owner="publisher")
+    vault = SecretsService(ids[3], g, vault_store, NoAudit())
+    return {"genesis": g, "releaser": releaser, "vault": vault, "request": request, "answer": answer,
+            "hpke": hpke, "entry": entry, "deposit": deposit, "requester": ids[2].peer_id}
+
+
+def _other_cid() -> str:
+    from enclave.cid import RAW, Cid
+
+    return Cid.for_block(RAW, b"another AI").encode()
+
+
+def _json_seeds(*keys: str) -> Callable[[], list[bytes]]:
+    return lambda: [json.dumps(_secrets()[k], separators=(",", ":")).encode() for k in keys]
+
+
+@harness("secrets_request", "node.secrets.release.Releaser.decide (share requests)", "a refusal (never 'internal')",
+         _json_seeds("request"))
+def secrets_request(data: bytes) -> bool:
+    from node.dos import wire
+
+    try:
+        d = wire.decode_body(data)
+    except wire.WireError:
+        return False
+    sec = _secrets()
+    ans = sec["releaser"].decide(sec["requester"], d)
+    check(ans.get("ok") is True or (ans.get("code") not in (None, "internal") and isinstance(ans.get("error"), str)),
+          f"share request answered with {ans}")
+    return ans["ok"]
+
+
+@harness("secrets_deposit", "node.secrets.service.SecretsService.deposit_decision (deposits, revocations)",
+         "a refusal (never 'internal')", lambda: [json.dumps(_secrets()["deposit"]).encode(),
+                                                  b'{"op":"revoke","ai_cid":"%s"}' % _other_cid().encode()])
+def secrets_deposit(data: bytes) -> bool:
+    from node.dos import wire
+
+    try:
+        d = wire.decode_body(data)
+    except wire.WireError:
+        return False
+    sec = _secrets()
+    ans = sec["vault"].deposit_decision("publisher", d)
+    check(ans.get("ok") is True or (ans.get("code") not in (None, "internal") and isinstance(ans.get("error"), str)),
+          f"deposit answered with {ans}")
+    return ans["ok"]
+
+
+@harness("share_answer", "enclave.secret_client.open_share (a secrets peer's answer, in the enclave)", "ShareError",
+         _json_seeds("answer"))
+def share_answer(data: bytes) -> bool:
+    from enclave import secret_client
+    from node.dos import wire
+
+    try:
+        d = wire.decode_body(data)
+    except wire.WireError:
+        return False
+    sec = _secrets()
+    try:
+        secret_client.open_share(d, sec["hpke"], sec["entry"], trusted_peers=sec["genesis"].secrets_peers)
+    except secret_client.ShareError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------
