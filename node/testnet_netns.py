@@ -11,9 +11,9 @@ use the same addresses side by side. IPv6 address generation is off on every
 veth so the links carry only the testnet's traffic.
 
 Namespaces are created, and orphans swept, under a host-wide lock: a sweep
-removes every ``ofnode-*`` namespace that no process lives in (what a crashed
-run leaves behind), and must not catch one that another `up` has just made
-and not yet started its processes in.
+removes every namespace named like a testnet's that no process lives in (what
+a crashed run leaves behind), and must not catch one that another `up` has
+just made and not yet started its processes in.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,6 +34,7 @@ SUBNET = "10.77.0"
 NODE_PORT = 4001
 CLONE_NEWNET = 0x40000000
 MAX_NODES = 200
+OURS = re.compile(r"^ofnode-.+-(hub|node\d+)$")  # what hub_name and node_name make
 
 
 class NetnsError(Exception):
@@ -82,9 +84,9 @@ def lock() -> Iterator[None]:
 
 
 def existing() -> list[str]:
-    """Every namespace named by `ip netns add` whose name starts with ofnode-."""
+    """Every namespace named by `ip netns add` that has the shape of a testnet's."""
     out = ip("netns", "list")
-    return sorted(line.split()[0] for line in out.splitlines() if line.startswith(PREFIX))
+    return sorted(name for name in (line.split()[0] for line in out.splitlines() if line.strip()) if OURS.match(name))
 
 
 def pids(name: str) -> list[int]:
@@ -144,7 +146,8 @@ def delete(names: list[str]) -> list[str]:
 
 
 def sweep(keep: frozenset[str] = frozenset()) -> list[str]:
-    """Remove every ofnode-* namespace no process lives in (left by a crashed run). Call under lock()."""
+    """Remove every testnet namespace (ofnode-<network>-hub / -node<i>) no process lives in:
+    what a crashed run left behind. Call under lock()."""
     orphans = [n for n in existing() if n not in keep and not pids(n)]
     return delete(orphans)
 
