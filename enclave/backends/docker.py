@@ -36,11 +36,14 @@ takes the whole pid namespace down with it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
+import json
 import logging
 import math
 import os
 import signal
+import socket
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -103,6 +106,23 @@ def image_tarball() -> bytes:
     return buf.getvalue()
 
 
+def _daemon_version(url: str, timeout: float = 2.0) -> str:
+    """dockerd's version from ``GET /version`` on its Unix socket (raises OSError/ValueError)."""
+    if not url.startswith("unix://"):
+        raise ValueError("only a unix:// docker socket is supported")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(url.removeprefix("unix://"))
+        s.sendall(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
+        reply = b""
+        while len(reply) < 1 << 16 and (chunk := s.recv(8192)):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    if b" 200 " not in head.split(b"\r\n", 1)[0]:
+        raise ValueError(f"unexpected reply {head[:40]!r}")
+    return str(json.loads(body).get("Version", "?"))
+
+
 def _start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (clock ticks since boot): with the pid, a unique process id."""
     try:
@@ -152,8 +172,7 @@ class DockerBackend(Backend):
         if self._client is None:
             import docker
 
-            url = self._base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-            self._client = docker.APIClient(base_url=url, timeout=_API_TIMEOUT, version="auto")
+            self._client = docker.APIClient(base_url=self._url(), timeout=_API_TIMEOUT, version="auto")
         return self._client
 
     def available(self) -> Availability:
@@ -165,23 +184,23 @@ class DockerBackend(Backend):
             return a
         return self._availability
 
+    def _url(self) -> str:
+        return self._base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
     def _check(self) -> Availability:
-        try:
-            import docker  # noqa: F401
-        except ImportError:
+        # Asked before every offer (inventory): no SDK import, one raw request on the socket.
+        if importlib.util.find_spec("docker") is None:
             return Availability(False, "the Python package 'docker' is not installed (pip install docker)")
         try:
-            version = self.client().version()
-        except Exception as exc:  # noqa: BLE001 - any failure to talk to dockerd means "not here"
-            url = self._base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-            self._client = None
-            return Availability(False, f"no docker daemon answers at {url} ({type(exc).__name__}); "
+            version = _daemon_version(self._url())
+        except (OSError, ValueError) as exc:
+            return Availability(False, f"no docker daemon answers at {self._url()} ({exc}); "
                                        "start dockerd (Debian package docker.io), e.g. "
                                        "`dockerd --bridge=none --iptables=false --ip6tables=false`")
         if os.geteuid() != 0:
             return Availability(False, "the docker backend needs a node running as root "
                                        "(it hands the enclave's socket and scratch to a uid of its own)")
-        return Availability(True, f"dockerd {version.get('Version', '?')}; no network, read-only root, "
+        return Availability(True, f"dockerd {version}; no network, read-only root, "
                                   "cap-drop ALL, no-new-privileges, init, a uid of its own, tmpfs scratch; "
                                   f"image {self.image_tag()} (built here on first use)")
 
