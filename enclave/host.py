@@ -268,7 +268,10 @@ class EnclaveSession:
             except ch.ChannelError as exc:
                 reason = f"protocol error from the enclave: {exc}"
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                reason = f"channel broke: {exc!r}"
+                # After its bye the runtime just exits; a frame of ours still in
+                # flight then makes its socket close with a reset: that is not an error.
+                if not self.finished.is_set():
+                    reason = f"channel broke: {exc!r}"
             nursery.cancel_scope.cancel()
         self._fail(reason)
         if reason:
