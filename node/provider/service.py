@@ -270,8 +270,11 @@ class ProviderService:
         if refusals:
             await self._decline(job, "; ".join(f"{r.rule}: {r.reason}" for r in refusals))
             return
-        quote_fn = ehost.sim_quote_fn(self._sim_qe(), raw)
-        backend = get_backend(self.backend_name)
+        # sim tee: the sim QE quotes for the host-measured MRENCLAVE; sgx: the
+        # runtime quotes itself through Gramine's /dev/attestation.
+        sim = req.requirements.tee == "sim"
+        quote_fn = ehost.sim_quote_fn(self._sim_qe(), raw) if sim else None
+        backend = get_backend(self.backend_for(req.requirements.tee))
         # The runtime itself (Python, cryptography, TLS) needs room beside the AI.
         launcher = ehost.backend_launcher(backend, memory_bytes=manifest.resources.memory + RUNTIME_MEMORY,
                                           threads=manifest.resources.cpu)
@@ -294,13 +297,15 @@ class ProviderService:
             return list(got.answers.values())
 
         async with ehost.open_enclave(ejob, quote_fn=quote_fn, ai=ai_chunks, launcher=launcher,
+                                      quote_source="sim-host" if sim else "dev-attestation",
                                       share_fn=share_fn) as session:
             job.session = session
             ev = session.evidence
             assert ev is not None
             spki = _cert_spki(ev.cert_der)
             evidence = Evidence(request_id=req.id, ai_cid=req.ai_cid, consumer=job.consumer, nonce=bytes.fromhex(req.nonce),
-                                quote=ev.quote, enclave_key_spki=spki, not_after=int(time.time()) + 600)
+                                quote=ev.quote, enclave_key_spki=spki, not_after=int(time.time()) + 600,
+                                manifest=raw)
             grant = None
             for delay in (0.25, 0.5, 1.0, 0):
                 try:
