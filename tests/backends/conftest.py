@@ -7,7 +7,9 @@ did not run.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -70,6 +72,46 @@ def box(tmp_path: Path) -> Box:
     scratch.mkdir()
     sock.mkdir()
     return Box(tmp_path, scratch, sock)
+
+
+PROBE_TRY = """
+import errno, json, os, socket
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+"""
+
+
+async def probe_host_reach(backend, box: Box) -> dict:
+    """Inside ``backend``: try a host TCP listener on 127.0.0.1, a host abstract
+    Unix socket and an outside address; list the interfaces. Returns the errno names."""
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    name = f"ofnode-test-{os.getpid()}-{os.urandom(4).hex()}"
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(f"\0{name}")
+    abstract.listen()
+    try:
+        info = await box.run(backend, PROBE_TRY + f"""
+def tcp():
+    s = socket.socket(); s.settimeout(2); s.connect(("127.0.0.1", {tcp.getsockname()[1]}))
+def outside():
+    s = socket.socket(); s.settimeout(2); s.connect(("1.1.1.1", 443))
+def abstract():
+    s = socket.socket(socket.AF_UNIX); s.connect("\\0{name}")
+ifaces = [l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:]]
+print(json.dumps({{"tcp": attempt(tcp), "outside": attempt(outside), "abstract": attempt(abstract),
+                  "ifaces": ifaces}}))
+""")
+    finally:
+        tcp.close()
+        abstract.close()
+    assert info.reason == "ok", info
+    return json.loads(info.stderr_tail.strip().splitlines()[-1])
 
 
 def procs_with(token: str) -> list[int]:

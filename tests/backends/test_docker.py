@@ -22,8 +22,7 @@ from enclave.backends.sandbox_uid import SANDBOX_UID_RANGE
 from tests.helpers.docker_orphan import orphan_container
 from tests.parts import require_part
 
-from .conftest import Box
-from .test_sim_isolation import PROBE_TRY
+from .conftest import PROBE_TRY, Box, probe_host_reach
 
 
 @pytest.fixture(scope="module")
@@ -84,29 +83,7 @@ async def test_hardening_as_docker_reports_it(docker: DockerBackend, box: Box) -
 
 async def test_no_network(docker: DockerBackend, box: Box) -> None:
     """The AI reaches neither a host TCP listener nor a host abstract socket; only loopback exists."""
-    tcp = socket.socket()
-    tcp.bind(("127.0.0.1", 0))
-    tcp.listen()
-    abstract = socket.socket(socket.AF_UNIX)
-    abstract.bind(f"\0ofnode-docker-test-{os.getpid()}")
-    abstract.listen()
-    port = tcp.getsockname()[1]
-    try:
-        info = await box.run(docker, PROBE_TRY + f"""
-def tcp():
-    s = socket.socket(); s.settimeout(2); s.connect(("127.0.0.1", {port}))
-def outside():
-    s = socket.socket(); s.settimeout(2); s.connect(("1.1.1.1", 443))
-def abstract():
-    s = socket.socket(socket.AF_UNIX); s.connect("\\0ofnode-docker-test-{os.getpid()}")
-ifaces = [l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:]]
-print(json.dumps({{"tcp": attempt(tcp), "outside": attempt(outside), "abstract": attempt(abstract),
-                  "ifaces": ifaces}}))
-""")
-    finally:
-        tcp.close()
-        abstract.close()
-    res = result(info)
+    res = await probe_host_reach(docker, box)
     assert res["tcp"] == "ECONNREFUSED", res  # its own empty loopback
     assert res["outside"] == "ENETUNREACH", res
     assert res["abstract"] == "ECONNREFUSED", res

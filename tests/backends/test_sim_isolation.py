@@ -18,23 +18,12 @@ from enclave.backends import ExitInfo
 from enclave.backends.sim import SANDBOX_UID_RANGE
 from tests.parts import require_part
 
-from .conftest import ROOT, Box
+from .conftest import PROBE_TRY, ROOT, Box, probe_host_reach
 
 
 def result(info: ExitInfo) -> dict:
     assert info.reason == "ok", info
     return json.loads(info.stderr_tail.strip().splitlines()[-1])
-
-
-PROBE_TRY = """
-import errno, json, os, socket
-def attempt(fn):
-    try:
-        fn()
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
-"""
 
 
 async def test_no_ip_sockets_with_seccomp(sim, box: Box) -> None:
@@ -54,27 +43,7 @@ print(json.dumps(res))
 @pytest.mark.parametrize("which", ["sim", "sim_plain"])
 async def test_cannot_reach_host_listener(which, request, box: Box) -> None:
     """(a) A host TCP listener on 127.0.0.1 and a host abstract Unix socket are unreachable."""
-    backend = request.getfixturevalue(which)
-    tcp = socket.socket()
-    tcp.bind(("127.0.0.1", 0))
-    tcp.listen()
-    abstract = socket.socket(socket.AF_UNIX)
-    abstract.bind(f"\0ofnode-test-{os.getpid()}")
-    abstract.listen()
-    port = tcp.getsockname()[1]
-    try:
-        info = await box.run(backend, PROBE_TRY + f"""
-def tcp():
-    s = socket.socket(); s.settimeout(2); s.connect(("127.0.0.1", {port}))
-def abstract():
-    s = socket.socket(socket.AF_UNIX); s.connect("\\0ofnode-test-{os.getpid()}")
-ifaces = [l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:]]
-print(json.dumps({{"tcp": attempt(tcp), "abstract": attempt(abstract), "ifaces": ifaces}}))
-""")
-    finally:
-        tcp.close()
-        abstract.close()
-    res = result(info)
+    res = await probe_host_reach(request.getfixturevalue(which), box)
     assert res["tcp"] in ("EAFNOSUPPORT", "ECONNREFUSED"), res  # filtered, or its own empty loopback
     assert res["abstract"] == "ECONNREFUSED", res  # abstract sockets are per network namespace
     assert res["ifaces"] == ["lo"], res

@@ -249,13 +249,15 @@ async def test_pyopenssl_verify_callback(qe, digits, verify_kwargs) -> None:
         assert header["status"] == "ok" and json.loads(buf[4 + hlen :])["label"] == 3
 
 
-async def test_digits_in_the_sim_sandbox(qe, digits, verify_kwargs) -> None:
-    """The same flow with the runtime launched by the sim backend (bubblewrap), as a provider does."""
-    from enclave.backends.sim import SimBackend
+@pytest.mark.parametrize("backend_name", ["sim", "docker"])
+async def test_digits_in_a_backend(backend_name, qe, digits, verify_kwargs) -> None:
+    """The same flow with the runtime launched as a provider does: in a bubblewrap
+    sandbox (sim) or a hardened container (docker), on encrypted input."""
+    from enclave.backends import get_backend
     from tests.parts import require_part
 
-    backend = SimBackend()
-    require_part("sim backend (bubblewrap)", backend.available().ok, backend.available().reason)
+    backend = get_backend(backend_name)
+    require_part(f"{backend_name} backend", backend.available().ok, backend.available().reason)
     job = make_job(digits)
     data = SAMPLES[7].read_bytes()
     async with host.open_enclave(job, quote_fn=host.sim_quote_fn(qe, digits.manifest.encode()),
@@ -302,21 +304,3 @@ async def test_dev_attestation_quote_source(qe, digits, verify_kwargs, tmp_path)
         ev, resp = await consumer(enclave, job, verify_kwargs, data, mrenclave=digits.mrenclave)
     assert json.loads(resp.output)["label"] == 5
     rv.verify_receipt(resp, ev, data)
-
-
-async def test_digits_in_a_docker_container(qe, digits, verify_kwargs) -> None:
-    """The same flow with the runtime in a hardened container (docker backend) on encrypted input."""
-    from enclave.backends.docker import DockerBackend
-    from tests.parts import require_part
-
-    backend = DockerBackend()
-    require_part("dockerd", backend.available().ok, backend.available().reason)
-    job = make_job(digits)
-    data = SAMPLES[7].read_bytes()
-    async with host.open_enclave(job, quote_fn=host.sim_quote_fn(qe, digits.manifest.encode()),
-                                 ai=digits.ciphertext, ai_key=digits.key,
-                                 launcher=host.backend_launcher(backend, cpu_seconds=60)) as enclave:
-        ev, resp = await consumer(enclave, job, verify_kwargs, data, mrenclave=digits.mrenclave)
-    assert json.loads(resp.output)["label"] == 7
-    rv.verify_receipt(resp, ev, data, request_id=job.request_id)
-    assert enclave.exit.reason == "ok", enclave.exit
