@@ -68,11 +68,18 @@ def cmd_start(args: argparse.Namespace) -> int:
     import trio
 
     from ..daemon import Node, NodeError
+    from ..dos.collateral import CollateralError
+    from ..secrets.share_store import ShareStoreError
+    from ..store.blockstore import BlockstoreError
 
     try:
         node = Node(cfg)
     except (GenesisError, IdentityError, NodeError) as e:
         raise CliError(str(e), EXIT_USAGE) from None
+    except (BlockstoreError, ShareStoreError, CollateralError, OSError) as e:
+        # Damaged or unreadable state in the data dir: an operator must look (exit 2, which
+        # the systemd unit does not retry), not a traceback and a restart loop.
+        raise CliError(f"cannot start: {e}", EXIT_USAGE) from None
 
     def ready(info: dict[str, Any]) -> None:
         if args.ready_fd is not None:
