@@ -129,6 +129,9 @@ class Node:
         self.store.on_revoke = self._revoke
         self.roles_runner = Roles(self)
         self.jobs = JobStore(self.data_dir)
+        interrupted = self.jobs.fail_interrupted()
+        if interrupted:
+            log.warning("jobs interrupted by the last stop marked failed", extra={"jobs": ",".join(interrupted)})
         self.consumer = Consumer(identity=self.identity, genesis=self.genesis, gossip=self.gossip,
                                  host=self.p2p.host, jobs=self.jobs)
         market_api.register(self.api, self.consumer, self.jobs, config["market"])

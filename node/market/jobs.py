@@ -46,6 +46,26 @@ class JobStore:
             atomic_write(self.dir / f"{job.id}.out", output, mode=0o600)
         atomic_write(self.dir / f"{job.id}.json", json.dumps(asdict(job), indent=1).encode(), mode=0o600)
 
+    def fail_interrupted(self) -> list[str]:
+        """Mark jobs left in a running stage as failed (called once when the node starts).
+
+        A job lives in the node that submitted it; if that node stops or is
+        killed mid-job, nothing will finish it, so its record would otherwise
+        say "assigned" forever. Returns the ids marked."""
+        marked = []
+        for p in self.dir.glob("*.json"):
+            try:
+                job = JobRecord(**json.loads(p.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if job.state in ("done", "failed"):
+                continue
+            job.error = f"interrupted: the node stopped during the job (stage: {job.state})"
+            job.state = "failed"
+            self.save(job)
+            marked.append(job.id)
+        return marked
+
     def get(self, job_id: str) -> JobRecord | None:
         if not _ID.fullmatch(job_id):
             return None

@@ -398,9 +398,9 @@ class Chaos:
             k = Kill(victim=victim, roles=list(self.roles(victim)), planned_at=round(planned, 2), down_s=round(down, 2))
             before = self.snapshot(victim)
             k.at = round(self.now(), 2)
+            self.report.kills.append(k)  # before the kill: a worker whose call breaks must find it
             self.kill(victim)
             self._before.append((victim, before, time.time()))
-            self.report.kills.append(k)
             with self._lock:
                 dead_now = sorted(self.dead)
             self.say(f"SIGKILL node{victim} ({'+'.join(k.roles)}); down now: {['node%d' % x for x in dead_now]}")
