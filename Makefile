@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMPS := .stamps
 # Debian packages, each named with a command it provides: a command already on
 # PATH (e.g. node/npm from another source) is not reinstalled over.
-APT_NEEDS := bwrap:bubblewrap ip:iproute2 ps:procps npm:npm node:nodejs setpriv:util-linux dockerd:docker.io
+APT_NEEDS := bwrap:bubblewrap ip:iproute2 ps:procps npm:npm node:nodejs setpriv:util-linux dockerd:docker.io systemd-analyze:systemd
 # Libraries with no command of their own.
 APT_LIBS := libseccomp2
 PYTEST_ARGS ?=

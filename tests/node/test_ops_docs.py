@@ -18,6 +18,7 @@ from node.cli.main import main as cli_main
 from node.config import DEFAULTS_PATH, _load_defaults, documented_keys
 from node.genesis import _SCHEMA, load_genesis
 from node.identity import Identity
+from tests.parts import require_part
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -226,8 +227,7 @@ def test_systemd_analyze_verify(tmp_path, drop_in) -> None:
     import shutil
     import subprocess
 
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    require_part("systemd-analyze", shutil.which("systemd-analyze") is not None, "Debian package systemd")
     d = _staged_unit(tmp_path, drop_in)
     r = subprocess.run(["systemd-analyze", "verify", "./ofnode.service"], cwd=d, capture_output=True, text=True,
                        timeout=60)
