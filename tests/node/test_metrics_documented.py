@@ -86,3 +86,10 @@ def test_rendered_families_of_a_node_are_documented() -> None:
         if line.startswith("# TYPE "):
             name = line.split()[2]
             assert f"`{name}`" in doc, name
+
+
+def test_every_declared_metric_is_updated_somewhere() -> None:
+    """A declared metric nothing increments or sets would sit at 0 forever and mislead."""
+    updated = _calls(("inc", "set"))
+    never = {n: where for n, where in declared().items() if n not in updated}
+    assert not never, f"metrics declared but never updated: {never}"
