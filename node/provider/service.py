@@ -190,7 +190,14 @@ class ProviderService:
             existing.error = "a better-ranked DOS peer gave this attempt to another provider"
             existing.cancel.cancel()
             return
-        if a.provider != self.identity.peer_id or a.request_id not in self.requests:
+        if a.provider != self.identity.peer_id:
+            return
+        if a.request_id not in self.requests:
+            # Assigned a request this provider does not know: it restarted after offering. Give it
+            # back now, or the coordinator waits the whole attestation deadline (market.attest_s).
+            log.info("assigned an unknown request; declined", extra={"request": a.request_id})
+            await self.gossip.publish(m.DECLINE, m.encode(m.Decline(
+                a.request_id, a.attempt, "this provider does not know the request (restarted since its offer)")))
             return
         if existing and existing.attempt >= a.attempt:
             return
