@@ -143,6 +143,10 @@ class Report:
         for j in self.jobs:
             if j.outcome in ("lost", "pending"):
                 out.append(f"  LOST job {j.index} ({j.request_id}) on node{j.consumer}: {j.reason}")
+            elif j.outcome == "failed":
+                out.append(f"  failed job {j.index} ({j.request_id}) on node{j.consumer} after {j.seconds:.1f} s: "
+                           f"{j.reason[:160]}")
+        out.append("kills: " + ", ".join(f"node{k.victim}@{k.at:.0f}s" for k in self.kills))
         for v in self.violations:
             out.append(f"  VIOLATION: {v}")
         return out
