@@ -2,7 +2,9 @@
 and the genesis, and started in the node's nursery."""
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -19,6 +21,21 @@ if TYPE_CHECKING:
     from .daemon import Node
 
 log = logging.getLogger("ofnode.roles")
+
+
+#: TEST ONLY: names a module under ``tests.`` whose ``install(roles)`` turns
+#: this node into an adversary for the adversarial suite (tests/adversarial/).
+#: Refused unless the genesis is a testnet's (it names a sim root key).
+TEST_ADVERSARY_ENV = "OFNODE_TEST_ADVERSARY"
+
+
+def _load_test_adversary(spec: str, roles: "Roles") -> None:
+    if not roles.node.genesis.sim_root_key:
+        raise RuntimeError(f"{TEST_ADVERSARY_ENV} is refused: this genesis is not a testnet's")
+    if not spec.startswith("tests.adversarial."):
+        raise RuntimeError(f"{TEST_ADVERSARY_ENV} must name a module under tests.adversarial")
+    log.warning("TEST ADVERSARY loaded: this node misbehaves on purpose", extra={"adversary": spec})
+    importlib.import_module(spec).install(roles)
 
 
 class Roles:
@@ -46,8 +63,16 @@ class Roles:
             self.coordinator = Coordinator(node.gossip, me, g.dos_peers, self._inventories,
                                            grace_ms=mk["grace_ms"], attest_ms=int(mk["attest_s"] * 1000),
                                            on_reassign=acl.release)
+            measure = None
+            if g.sim_root_key:
+                # Sim networks: the measurement is ofnode's own (enclave/measure.py),
+                # so every DOS peer recomputes what the AI's enclave must measure.
+                from enclave import measure as sim_measure
+
+                measure = sim_measure.mrenclave
             self.attest = AttestService(node.identity, g, Verifier(g.policy, cache), acl,
-                                        lookup=self._lookup, on_attested=self.coordinator.note_attested)
+                                        lookup=self._lookup, on_attested=self.coordinator.note_attested,
+                                        measure=measure)
         if "secrets" in roles:
             if me not in g.secrets_peers:
                 log.warning("the secrets role is on but the genesis does not list this peer")
@@ -59,6 +84,10 @@ class Roles:
                                             store=node.store, exchange=node.exchange, metrics=node.metrics,
                                             backend=pc["backend"], max_enclaves=pc["max_enclaves"], price=pc["price"],
                                             relay_capture=node.data_dir / "relay-capture.json" if pc["relay_capture"] else None)
+
+        adversary = os.environ.get(TEST_ADVERSARY_ENV)
+        if adversary:
+            _load_test_adversary(adversary, self)
 
     def start(self, nursery: trio.Nursery) -> None:
         host = self.node.p2p.host

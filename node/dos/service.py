@@ -66,6 +66,7 @@ MAX_SPKI = 512
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _PEER = re.compile(r"12D3KooW[1-9A-HJ-NP-Za-km-z]{44}")
 _EVIDENCE_FIELDS = {"request_id", "ai_cid", "consumer", "nonce", "quote", "enclave_key_spki", "not_after"}
+MAX_MANIFEST = 24 * 1024
 
 
 def ihost(host: Any) -> Any:
@@ -101,11 +102,17 @@ class Evidence:
     quote: bytes = field(repr=False)
     enclave_key_spki: bytes = field(repr=False)
     not_after: int
+    # The AI's public manifest (the exact ai.toml bytes the enclave was
+    # launched with): on sim networks the DOS recomputes MRENCLAVE from it.
+    manifest: bytes = field(default=b"", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "ai_cid": self.ai_cid, "consumer": self.consumer,
-                "nonce": self.nonce.hex(), "quote": wire.b64(self.quote),
-                "enclave_key_spki": wire.b64(self.enclave_key_spki), "not_after": self.not_after}
+        d = {"request_id": self.request_id, "ai_cid": self.ai_cid, "consumer": self.consumer,
+             "nonce": self.nonce.hex(), "quote": wire.b64(self.quote),
+             "enclave_key_spki": wire.b64(self.enclave_key_spki), "not_after": self.not_after}
+        if self.manifest:
+            d["manifest"] = wire.b64(self.manifest)
+        return d
 
     @property
     def enclave_key_sha256(self) -> str:
@@ -114,7 +121,7 @@ class Evidence:
 
 def parse_evidence(d: dict[str, Any]) -> Evidence:
     """Strictly validate an evidence message; raises wire.WireError naming the field."""
-    wire.only_keys(d, _EVIDENCE_FIELDS, where="evidence")
+    wire.only_keys(d, _EVIDENCE_FIELDS, {"manifest"}, where="evidence")
     request_id = wire.get_str(d, "request_id", max_len=128, pattern=_REQUEST_ID)
     ai_cid = wire.get_str(d, "ai_cid", max_len=256)
     try:
@@ -132,8 +139,9 @@ def parse_evidence(d: dict[str, Any]) -> Evidence:
     spki = wire.get_b64(d, "enclave_key_spki", max_size=MAX_SPKI)
     load_p256_spki(spki)
     not_after = wire.get_int(d, "not_after", 0, 2**53 - 1)
+    manifest = wire.get_b64(d, "manifest", max_size=MAX_MANIFEST) if "manifest" in d else b""
     return Evidence(request_id=request_id, ai_cid=ai_cid, consumer=consumer, nonce=nonce, quote=quote,
-                    enclave_key_spki=spki, not_after=not_after)
+                    enclave_key_spki=spki, not_after=not_after, manifest=manifest)
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,11 @@ class AttestService:
     to the market's request; without it the evidence's own nonce is trusted but
     each nonce serves one request only. ``on_attested(request_id, provider)``
     is called after each signature (e.g. ``Coordinator.note_attested``).
+    ``measure(manifest) -> MRENCLAVE`` (sim networks: ``enclave.measure.mrenclave``)
+    makes the DOS recompute the measurement the enclave must have from the
+    AI's public manifest carried in the evidence: a provider that launched
+    other enclave code (or another manifest than it names) is refused, and
+    evidence without a manifest is refused.
     """
 
     protocol = PROTOCOL
@@ -170,8 +183,10 @@ class AttestService:
     def __init__(self, identity: Identity, genesis: Genesis, verifier: Verifier, store: AclStore, *,
                  lookup: Lookup | None = None, on_attested: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.time, max_ttl: int = 3600, timeout: float = 10.0,
-                 max_concurrent: int = 8, prune_interval: float = 60.0, run_collateral_refresh: bool = True) -> None:
+                 max_concurrent: int = 8, prune_interval: float = 60.0, run_collateral_refresh: bool = True,
+                 measure: Callable[[bytes], bytes] | None = None) -> None:
         self.identity, self.genesis, self.verifier, self.store = identity, genesis, verifier, store
+        self.measure = measure
         self.lookup, self.on_attested, self.clock = lookup, on_attested, clock
         self.max_ttl, self.timeout, self.prune_interval = max_ttl, timeout, prune_interval
         self.run_collateral_refresh = run_collateral_refresh
@@ -235,6 +250,10 @@ class AttestService:
         checks = [c.to_dict() for c in verdict.checks]
         if not verdict.ok:
             return _refuse(f"attestation refused: {verdict.summary()}", verdict.reasons(), checks)
+        if self.measure is not None:
+            problem = await self._measurement_problem(ev, str(verdict.mrenclave))
+            if problem:
+                return _refuse(f"attestation refused: {problem}", [problem], checks)
         entry = AclEntry(network_id=self.genesis.network_id, request_id=ev.request_id, ai_cid=ev.ai_cid,
                          enclave_key_sha256=ev.enclave_key_sha256, measurement=str(verdict.mrenclave),
                          consumer=ev.consumer, not_after=ev.not_after)
@@ -260,6 +279,17 @@ class AttestService:
         log.info("attestation accepted", extra={"peer": peer, "request_id": ev.request_id, "status": verdict.status})
         return {"ok": True, "entry": entry.to_dict(), "signature": sig.to_dict(), "status": verdict.status,
                 "advisories": list(verdict.advisories)}
+
+    async def _measurement_problem(self, ev: Evidence, mrenclave: str) -> str | None:
+        """MRENCLAVE must be the measurement of the network's enclave code running ``ev.manifest``."""
+        assert self.measure is not None
+        if not ev.manifest:
+            return "mrenclave: the evidence carries no AI manifest to recompute the measurement from"
+        expected = (await trio.to_thread.run_sync(self.measure, ev.manifest, limiter=self._limiter)).hex()
+        if expected != mrenclave:
+            return (f"mrenclave: {mrenclave} is not the measurement of the network's enclave code with this AI's "
+                    f"manifest ({expected}): other enclave code was launched")
+        return None
 
     async def _lookup_problem(self, ev: Evidence, peer: str) -> str | None:
         if self.lookup is None:

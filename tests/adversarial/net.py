@@ -1,0 +1,161 @@
+"""The adversarial testnet and what the tests use on it.
+
+9 daemons on loopback: node0-2 DOS (quorum 2), node3-5 secrets (threshold 2),
+node6 a plain node (the consumer and AI publisher), node7 an honest provider,
+node8 a provider. node8, node2 (a DOS peer) and node6 are restarted with the
+test adversary (tests/adversarial/malicious.py), honest until a test writes an
+attack into their ``adversary.json``.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from node import testnet
+from node.api.client import call
+
+REPO = Path(__file__).resolve().parents[2]
+ADVERSARY = "tests.adversarial.malicious"
+CONSUMER, HONEST, EVIL, EVIL_DOS = 6, 7, 8, 2
+
+ECHO_AI = '''def run(data: bytes) -> bytes:
+    return b"RESULT:" + data[::-1]
+'''
+
+
+def make_echo_ai(root: Path) -> Path:
+    from enclave.ai_manifest import format_files_table, hash_tree
+
+    root.mkdir()
+    (root / "echo.py").write_text(ECHO_AI)
+    head = ('name = "adv-echo"\nversion = "1.0.0"\nruntime = "python"\nentry = "echo:run"\n\n'
+            '[resources]\ncpu = 1\nmemory = "256MiB"\nenclave_size = "512MiB"\nthreads = 1\n\n'
+            '[io]\ninput = "bytes"\noutput = "bytes"\n\n')
+    (root / "ai.toml").write_text(head + format_files_table(hash_tree(root)))
+    return root
+
+
+def start_daemon(data_dir: str | Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli.main", "start", "--data-dir", str(data_dir), "--ready-fd", str(w)],
+        pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, cwd=str(REPO), env={**os.environ, **env},
+    )
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        raw = f.read()
+    if not raw:
+        proc.wait(timeout=10)
+        raise RuntimeError(f"daemon failed to start: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+    return proc
+
+
+def stop(node: dict[str, Any]) -> None:
+    fd = os.pidfd_open(node["pid"])
+    try:
+        call(node["socket"], "node.stop", {})
+    except Exception:  # noqa: BLE001 - it may already be going
+        os.kill(node["pid"], signal.SIGTERM)
+    if not select.select([fd], [], [], 20)[0]:
+        os.kill(node["pid"], signal.SIGKILL)
+        select.select([fd], [], [], 10)
+    os.close(fd)
+
+
+def restart_as_adversary(net: dict[str, Any], i: int) -> None:
+    node = net["nodes"][i]
+    stop(node)
+    node["pid"] = start_daemon(node["data_dir"], {"OFNODE_TEST_ADVERSARY": ADVERSARY}).pid
+    others = [n["peer_id"] for n in net["nodes"] if n is not node]
+    assert call(node["socket"], "node.wait_peers", {"peers": others, "timeout": 40}, timeout=50)["ok"]
+
+
+def set_attack(node: dict[str, Any], attack: str) -> None:
+    Path(node["data_dir"], "adversary.json").write_text(json.dumps({"attack": attack}))
+
+
+def adversary_log(node: dict[str, Any]) -> list[dict[str, Any]]:
+    p = Path(node["data_dir"], "adversary.jsonl")
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+def log_events(node: dict[str, Any], **match: str) -> list[dict[str, Any]]:
+    out = []
+    for line in Path(node["data_dir"], "node.log").read_text(errors="replace").splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if all(str(v) in str(ev.get(k, "")) for k, v in match.items()):
+            out.append(ev)
+    return out
+
+
+def audit(node: dict[str, Any]) -> list[dict[str, Any]]:
+    p = Path(node["data_dir"], "secrets", "audit.log")
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+def alive(net: dict[str, Any]) -> None:
+    """Every daemon still answers (no input crashed one)."""
+    for n in net["nodes"]:
+        assert call(n["socket"], "node.status", {}, timeout=10)["peer_id"] == n["peer_id"], n["name"]
+
+
+def submit(net: dict[str, Any], cid: str, data: bytes, **kw: Any) -> dict[str, Any]:
+    return call(net["nodes"][CONSUMER]["socket"], "job.submit",
+                {"ai_cid": cid, "input_b64": base64.b64encode(data).decode(), "deadline_s": 60, **kw}, timeout=90)
+
+
+def files_under(dirs: Iterable[Path], skip: Iterable[Path] = ()) -> Iterable[Path]:
+    skip = [Path(s).resolve() for s in skip]
+    for d in dirs:
+        for p in Path(d).rglob("*"):
+            rp = p.resolve()
+            if p.is_file() and not p.is_symlink() and not any(rp == s or s in rp.parents for s in skip):
+                yield p
+
+
+def find_secrets(paths: Iterable[Path], needles: dict[str, bytes]) -> list[str]:
+    """Which of ``needles`` (name -> bytes) occur in which file: ``["name in path", ...]``."""
+    hits = []
+    for p in paths:
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue
+        for name, needle in needles.items():
+            if needle and needle in data:
+                hits.append(f"{name} in {p}")
+    return hits
+
+
+def key_needles(name: str, key: bytes) -> dict[str, bytes]:
+    """The key raw, hex (both cases) and base64, as a leak could spell it."""
+    return {f"{name} raw": key, f"{name} hex": key.hex().encode(), f"{name} HEX": key.hex().upper().encode(),
+            f"{name} b64": base64.b64encode(key).rstrip(b"=")}
+
+
+def wait_until(pred, timeout: float = 10.0, step: float = 0.1) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def down(net: dict[str, Any]) -> None:
+    d = net["dir"]
+    keep = ("network", "genesis", "created", "dos_quorum", "secrets_threshold", "nodes", "up_seconds", "running")
+    (d / testnet.STATE_FILE).write_text(json.dumps({k: v for k, v in net.items() if k in keep}))
+    testnet.down(d)
