@@ -10,6 +10,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import signal
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -52,6 +53,8 @@ class AnnounceError(ValueError):
 
 
 MAX_ANNOUNCE_BYTES = 16384
+ANNOUNCE_NETWORK_RATE = 1.0  # announcements per second, all nodes together (see Node.announce_interval)
+ANNOUNCE_ANSWER_GAP = 4.0  # s: a provider answers restarted nodes' hellos at most about this often
 
 
 def parse_announcement(payload: bytes) -> dict[str, Any]:
@@ -75,6 +78,8 @@ def parse_announcement(payload: bytes) -> dict[str, Any]:
         "addrs": [x[:256] for x in addrs if isinstance(x, str)][:16],
         "version": version[:32],
     }
+    if a.get("hello") is True:
+        info["hello"] = True
     inv = a.get("inventory")
     if isinstance(inv, dict) and "provider" in info["roles"]:
         def count(key: str) -> int:
@@ -139,6 +144,7 @@ class Node:
         self.metrics_url = ""
         self.started = time.time()
         self._stop = trio.Event()
+        self._announce_now = trio.Event()
         self._lock_fd: int | None = None
         self.gossip.on(ANNOUNCE, self._on_announce)
         self._register_api()
@@ -204,19 +210,38 @@ class Node:
                 return
 
     # -- presence --------------------------------------------------------
-    def _announcement(self) -> bytes:
-        doc = {"name": self.name, "roles": list(self.config.roles), "addrs": self.p2p.addrs(),
-               "version": ofnode_version()}
+    def _announcement(self, hello: bool = False) -> bytes:
+        doc: dict[str, Any] = {"name": self.name, "roles": list(self.config.roles), "addrs": self.p2p.addrs(),
+                               "version": ofnode_version()}
         if self.roles_runner.provider is not None:
             doc["inventory"] = self.roles_runner.provider.announcement()
+        if hello:
+            doc["hello"] = True  # first since start: providers answer with theirs (see _on_announce)
         return json.dumps(doc).encode()
 
+    def announce_interval(self) -> float:
+        """``gossip.announce_interval``, stretched on large networks so that all nodes together
+        announce about ANNOUNCE_NETWORK_RATE times a second: every announcement costs every
+        node ~17 ms of CPU in py-libp2p, so a fixed interval grows as nodes² (30 nodes at
+        10 s: 1.5 cores of a 2-core machine just for presence; docs/chaos-and-soak.md)."""
+        base = float(self.config["gossip"]["announce_interval"])
+        nodes = len(self.p2p.connected_peers()) + 1
+        return max(base, nodes / ANNOUNCE_NETWORK_RATE) * random.uniform(0.9, 1.1)
+
     async def _announce_loop(self) -> None:
-        # Announce once the first peer is there, then periodically.
+        # Announce once the first peer is there, then periodically; a provider also
+        # answers a restarted node's first announcement, so that node learns the
+        # inventories it needs (a DOS peer matches requests against them) at once.
         await self.p2p.wait_for_peers(1)
+        hello = True
         while True:
-            await self.gossip.publish(ANNOUNCE, self._announcement())
-            await trio.sleep(self.config["gossip"]["announce_interval"])  # periodic, not a wait for state
+            await self.gossip.publish(ANNOUNCE, self._announcement(hello))
+            hello = False
+            with trio.move_on_after(self.announce_interval()):  # periodic, or sooner when asked
+                await self._announce_now.wait()
+            if self._announce_now.is_set():
+                self._announce_now = trio.Event()
+                await trio.sleep(random.uniform(0.2, 1.0) + ANNOUNCE_ANSWER_GAP)  # spread, and coalesce hellos
 
     async def _on_announce(self, msg: SignedMessage) -> None:
         try:
@@ -225,6 +250,8 @@ class Node:
             self.metrics.inc("ofnode_gossip_rejected_total", reason="bad_payload")
             return
         info["last_seen_ms"] = msg.timestamp_ms
+        if info.pop("hello", False) and self.roles_runner.provider is not None and msg.sender != self.identity.peer_id:
+            self._announce_now.set()
         self.peer_info[msg.sender] = info
         self._remember_addrs(msg.sender, info["addrs"])
 
