@@ -29,7 +29,7 @@ log = logging.getLogger("ofnode.roles")
 TEST_ADVERSARY_ENV = "OFNODE_TEST_ADVERSARY"
 
 
-def _load_test_adversary(spec: str, roles: "Roles") -> None:
+def _load_test_adversary(spec: str, roles: Roles) -> None:
     if not roles.node.genesis.sim_root_key:
         raise RuntimeError(f"{TEST_ADVERSARY_ENV} is refused: this genesis is not a testnet's")
     if not spec.startswith("tests.adversarial."):

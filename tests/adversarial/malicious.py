@@ -3,9 +3,9 @@
 A daemon started with ``OFNODE_TEST_ADVERSARY=tests.adversarial.malicious``
 (refused by ``node/roles.py`` unless the genesis is a testnet's) calls
 :func:`install`, which wraps the functions its roles call. Each wrapper reads
-``<data dir>/adversary.json`` (``{"attack": NAME}``) at the moment it runs, so
-a test switches attacks without restarting the node; ``none`` (or no file)
-is honest behaviour. What the adversary sees, tries and gets is appended to
+``<data dir>/adversary.json`` (``{"attack": NAME, "undercut": bool}``) at the
+moment it runs, so a test turns a node into an adversary and back without
+restarting it; ``none`` (or no file) is honest behaviour. What the adversary sees, tries and gets is appended to
 ``<data dir>/adversary.jsonl`` for the test to check.
 
 Threat model: the adversary owns its node and everything the node software
@@ -55,11 +55,16 @@ class _State:
 S = _State()
 
 
-def attack() -> str:
+def conf() -> dict[str, Any]:
     try:
-        return str(json.loads((S.data_dir / "adversary.json").read_text()).get("attack", "none"))
+        d = json.loads((S.data_dir / "adversary.json").read_text())
+        return d if isinstance(d, dict) else {}
     except (OSError, ValueError):
-        return "none"
+        return {}
+
+
+def attack() -> str:
+    return str(conf().get("attack", "none"))
 
 
 def note(event: str, **fields: Any) -> None:
@@ -82,7 +87,19 @@ def _install_provider(provider: Any) -> None:
     from enclave import host as ehost
     from node.provider import service as svc
 
-    provider.price = 0  # undercut every honest provider: the attacker wants the jobs
+    # ``undercut``: offer at price 0, so the coordinator picks this provider
+    # first (the attacker wants the jobs); honest price otherwise.
+    class Undercutting(type(provider)):  # type: ignore[misc]
+        @property
+        def price(self) -> int:
+            return 0 if conf().get("undercut") else self.__dict__["_honest_price"]
+
+        @price.setter
+        def price(self, value: int) -> None:
+            self.__dict__["_honest_price"] = value
+
+    provider.__dict__["_honest_price"] = provider.__dict__.pop("price")
+    provider.__class__ = Undercutting
     real_open, real_request_acl = ehost.open_enclave, svc.request_acl
     S.real_open = real_open
     real_request_shares, real_splice = svc.request_shares, svc.splice
@@ -92,7 +109,12 @@ def _install_provider(provider: Any) -> None:
     def backend_launcher(backend: Any, **limits: Any):
         if attack() != "swap_code":
             return real_launcher(backend, **limits)
-        from enclave.backends.base import SCRATCH_DIR, SOCKET_DIR, EnclaveSpec, runtime_code_dirs
+        from enclave.backends.base import (
+            SCRATCH_DIR,
+            SOCKET_DIR,
+            EnclaveSpec,
+            runtime_code_dirs,
+        )
 
         evil = _evil_code()
         code = tuple(evil / "enclave" if d.name == "enclave" else d for d in runtime_code_dirs())
@@ -121,7 +143,7 @@ def _install_provider(provider: Any) -> None:
         if mode == "tamper_ai" and callable(ai):
             inner = ai
 
-            async def ai():  # noqa: F811 - the tampered source replaces the honest one
+            async def ai():
                 first = True
                 async for chunk in inner():
                     if first and chunk:
@@ -142,7 +164,7 @@ def _install_provider(provider: Any) -> None:
                 yield session
             stolen = [m["stolen_key"] for m in session.served if isinstance(m.get("stolen_key"), str)]
             if stolen:
-                with open(S.data_dir / STOLEN, "a") as f:
+                with open(S.data_dir / STOLEN, "a") as f:  # noqa: ASYNC230 - a tiny append, once
                     f.write("".join(k + "\n" for k in stolen))
                 note("stole the AI key", request_id=job.request_id)
 

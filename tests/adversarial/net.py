@@ -2,22 +2,20 @@
 
 9 daemons on loopback: node0-2 DOS (quorum 2), node3-5 secrets (threshold 2),
 node6 a plain node (the consumer and AI publisher), node7 an honest provider,
-node8 a provider. node8, node2 (a DOS peer) and node6 are restarted with the
-test adversary (tests/adversarial/malicious.py), honest until a test writes an
-attack into their ``adversary.json``.
+node8 a provider. Every daemon loads the test adversary
+(tests/adversarial/malicious.py) and stays honest until a test writes an
+attack into its ``adversary.json``: node8 (the provider that undercuts),
+node2 (a DOS peer) and node6 (the consumer) are the ones the tests turn.
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
-import select
-import signal
-import subprocess
-import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from node import testnet
 from node.api.client import call
@@ -43,44 +41,28 @@ def make_echo_ai(root: Path) -> Path:
     return root
 
 
-def start_daemon(data_dir: str | Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    r, w = os.pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli.main", "start", "--data-dir", str(data_dir), "--ready-fd", str(w)],
-        pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True, cwd=str(REPO), env={**os.environ, **env},
-    )
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        raw = f.read()
-    if not raw:
-        proc.wait(timeout=10)
-        raise RuntimeError(f"daemon failed to start: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-    return proc
-
-
-def stop(node: dict[str, Any]) -> None:
-    fd = os.pidfd_open(node["pid"])
+def up(directory: Path) -> dict[str, Any]:
+    """The testnet, every daemon started with the test adversary installed (honest until told)."""
+    saved = {k: os.environ.get(k) for k in ("OFNODE_TEST_ADVERSARY", "PYTHONPATH")}
+    os.environ["OFNODE_TEST_ADVERSARY"] = ADVERSARY
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved["PYTHONPATH"]) if p)
     try:
-        call(node["socket"], "node.stop", {})
-    except Exception:  # noqa: BLE001 - it may already be going
-        os.kill(node["pid"], signal.SIGTERM)
-    if not select.select([fd], [], [], 20)[0]:
-        os.kill(node["pid"], signal.SIGKILL)
-        select.select([fd], [], [], 10)
-    os.close(fd)
-
-
-def restart_as_adversary(net: dict[str, Any], i: int) -> None:
-    node = net["nodes"][i]
-    stop(node)
-    node["pid"] = start_daemon(node["data_dir"], {"OFNODE_TEST_ADVERSARY": ADVERSARY}).pid
-    others = [n["peer_id"] for n in net["nodes"] if n is not node]
-    assert call(node["socket"], "node.wait_peers", {"peers": others, "timeout": 40}, timeout=50)["ok"]
+        state = testnet.up(directory, nodes=9, dos=3, secrets=3, providers=2, dos_quorum=2, secrets_threshold=2,
+                           timeout=120)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    state["dir"] = directory
+    set_attack(state["nodes"][EVIL], "none")
+    return state
 
 
 def set_attack(node: dict[str, Any], attack: str) -> None:
-    Path(node["data_dir"], "adversary.json").write_text(json.dumps({"attack": attack}))
+    undercut = node["name"] == f"node{EVIL}"
+    Path(node["data_dir"], "adversary.json").write_text(json.dumps({"attack": attack, "undercut": undercut}))
 
 
 def adversary_log(node: dict[str, Any]) -> list[dict[str, Any]]:

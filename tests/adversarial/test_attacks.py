@@ -9,13 +9,11 @@ bench/attacks.py). See docs/adversarial.md.
 from __future__ import annotations
 
 import base64
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from node import testnet
 from node.api.client import ApiClient, call
 from node.api.jsonrpc import RpcError
 
@@ -31,11 +29,8 @@ SAMPLE = sorted((DIGITS / "samples").glob("*.json"))[3]
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     d = tmp_path_factory.mktemp("adversarial")
-    state = testnet.up(d, nodes=9, dos=3, secrets=3, providers=2, dos_quorum=2, secrets_threshold=2, timeout=90)
-    state["dir"] = d
+    state = N.up(d)
     try:
-        for i in (EVIL, EVIL_DOS, CONSUMER):
-            N.restart_as_adversary(state, i)
         consumer = state["nodes"][CONSUMER]["socket"]
         state["echo"] = call(consumer, "ai.publish", {"dir": str(N.make_echo_ai(d / "echo-ai"))}, timeout=60)["cid"]
         state["digits"] = call(consumer, "ai.publish", {"dir": str(DIGITS)}, timeout=60)["cid"]
@@ -77,7 +72,7 @@ def attacked(net, attack: str, *, who: int = EVIL, cid: str | None = None, data:
         given = data if data is not None else secret_input(net)
         assigned: list[tuple[int, str]] = []
 
-        def on_progress(p: dict) -> None:
+        def on_progress(p: dict, assigned: list = assigned) -> None:
             if p.get("stage") == "assigned":
                 assigned.append((int(p["attempt"]), p["provider"]))
 
