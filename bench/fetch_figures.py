@@ -3,13 +3,24 @@
     .venv/bin/python bench/fetch_figures.py [--size 256] [--runs 3] [--peers 3] [--window 64] [--inprocess]
 
 One file of ``--size`` MiB (random bytes, 256 KiB chunks) is imported into a
-blockstore that every server opens. Then, ``--runs`` times each:
+blockstore that every server opens. Then, ``--runs`` times each, over the
+same connections:
 
 * stream: one server writes ``--size`` MiB on one libp2p stream (Noise +
   yamux, 1 MiB writes) and the client reads it: the ceiling of the transport.
-* fetch x1: the client fetches the whole DAG from one server into an empty
-  blockstore (each block hashed, written with fsync, the tree walked).
+* fetch x1: the client fetches the whole DAG (the same number of file bytes
+  plus 4 small inner nodes) from one server into an empty blockstore: each
+  block hashed, written, the batch flushed to disk, the tree walked.
 * fetch xN: the same from ``--peers`` servers at once.
+
+Then, unless ``--throttled-rate 0``, fetch x1 and fetch xN again on a
+``--throttled-size`` MiB file from servers whose answers are capped at
+``--throttled-rate`` MB/s each, as behind slow uplinks: where several peers
+pay off.
+
+For every figure the client's CPU time (all its threads, from
+``time.process_time``) is printed per MiB moved: on this shared 2-core
+machine wall-clock rates swing with other jobs' load, CPU per byte much less.
 
 By default every server runs in its own OS process (``--serve`` mode of this
 script) and the client in this one: py-libp2p is CPU-bound (Noise, yamux
@@ -48,7 +59,7 @@ from node.metrics import node_metrics  # noqa: E402
 from node.p2p.host import P2PHost  # noqa: E402
 from node.store.blockstore import Blockstore  # noqa: E402
 from node.store.exchange import Exchange  # noqa: E402
-from node.store.unixfs import import_stream  # noqa: E402
+from node.store.unixfs import ImportResult, import_stream  # noqa: E402
 
 STREAM_PROTO = TProtocol("/ofnode-bench/stream/1")
 CHUNK = 1 << 20
@@ -166,8 +177,10 @@ async def server_tasks(store_dir: Path, n: int, rate: float, memory: bool) -> As
         yield [p2p_addr(h) for h in hosts]
 
 
-async def stream_rate(p2p: P2PHost, info: PeerInfo, size: int) -> float:
+async def stream_rate(p2p: P2PHost, info: PeerInfo, size: int) -> tuple[float, float]:
+    """(MB/s, client CPU ms per MiB) of reading ``size`` bytes off one stream."""
     stream = await p2p.host.new_stream(info.peer_id, [STREAM_PROTO])
+    c0 = time.process_time()
     t0 = time.perf_counter()
     await stream.write(size.to_bytes(8, "big"))
     got = 0
@@ -177,64 +190,127 @@ async def stream_rate(p2p: P2PHost, info: PeerInfo, size: int) -> float:
             raise RuntimeError(f"stream ended after {got} of {size} bytes")
         got += len(data)
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     await stream.close()
-    return size / dt / 1e6
+    return size / dt / 1e6, cpu * 1e3 / (size / MiB)
 
 
-async def fetch_rate(x: Exchange, root: Cid, infos: list[PeerInfo], window: int) -> tuple[float, str]:
+async def fetch_rate(x: Exchange, root: Cid, infos: list[PeerInfo], window: int) -> tuple[float, float, str]:
+    """(MB/s, client CPU ms per MiB, blocks per peer) of one whole fetch."""
+    c0 = time.process_time()
     t0 = time.perf_counter()
     result = await x.fetch_dag(root, [i.peer_id for i in infos], window=window)
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     split = "/".join(str(s.blocks) for s in result.peers.values())
     if os.environ.get("BENCH_DEBUG"):
         print(result, file=sys.stderr)
-    return result.bytes_fetched / dt / 1e6, split
+    return result.bytes_fetched / dt / 1e6, cpu * 1e3 / (result.bytes_fetched / MiB), split
+
+
+async def fetch_once(client: P2PHost, dest: Path, root: Cid, infos: list[PeerInfo], window: int,
+                     no_disk: bool) -> tuple[float, float, str]:
+    x = Exchange(client.host, (DiscardStore if no_disk else Blockstore)(dest), client.metrics)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(x.run)
+            out = await fetch_rate(x, root, infos, window)
+            nursery.cancel_scope.cancel()
+        return out
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def make_source(path: Path, mib: int, seed: int) -> "ImportResult":
+    rng = random.Random(seed)
+    data = b"".join(rng.randbytes(MiB) for _ in range(mib))
+    store = Blockstore(path)
+    with store.batch():
+        res = import_stream(io.BytesIO(data), store.put)
+    return res
+
+
+def summary(figures: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    med = {}
+    for k, v in figures.items():
+        rate = statistics.median(r for r, _ in v)
+        cpu = statistics.median(c for _, c in v)
+        med[k] = rate
+        med[k + " cpu"] = cpu
+        print(f"{k:16s} median {rate:6.1f} MB/s  {cpu:5.2f} CPU ms/MiB   runs: {' '.join(f'{r:.1f}' for r, _ in v)}")
+    return med
 
 
 async def run(args: argparse.Namespace) -> None:
     quiet()
     work = Path(tempfile.mkdtemp(prefix="fetch-bench-", dir=args.dir))
+    many = f"fetch x{args.peers}"
     try:
-        src = work / "source"
-        rng = random.Random(1)
-        data = b"".join(rng.randbytes(MiB) for _ in range(args.size))
-        res = import_stream(io.BytesIO(data), Blockstore(src).put)
-        del data
+        res = make_source(work / "source", args.size, 1)
         print(f"file {args.size} MiB, {res.blocks} blocks, root {res.cid}")
-        print(f"servers {'in this process' if args.inprocess else 'one OS process each'}, "
+        print(f"servers {'in this process (CPU figures include them)' if args.inprocess else 'one OS process each'}, "
               f"{os.cpu_count()} CPUs, window {args.window} blocks"
               f"{f', answers capped at {args.server_rate:g} MB/s per server' if args.server_rate else ''}"
               f"{', NO DISK (blocks served from memory, received blocks not stored)' if args.no_disk else ''}")
+        print("MB/s = file bytes moved / wall time (10^6 B/s); CPU ms/MiB = the client's CPU time "
+              "(all threads) per MiB moved")
         servers = server_tasks if args.inprocess else server_processes
-        async with servers(src, args.peers, args.server_rate, args.no_disk) as addrs:
+        async with servers(work / "source", args.peers, args.server_rate, args.no_disk) as addrs:
             infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in addrs]
             client = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
                              metrics=node_metrics())
             async with client.running():
                 for info in infos:
                     assert await client.connect(info)
-                figures: dict[str, list[float]] = {"stream": [], "fetch x1": [], f"fetch x{args.peers}": []}
+                labels = [("fetch x1", infos[:1])] + ([(many, infos)] if args.peers > 1 else [])
+                figures: dict[str, list[tuple[float, float]]] = {"stream": []}
+                figures.update({label: [] for label, _ in labels})
                 for run_no in range(args.runs):
-                    figures["stream"].append(await stream_rate(client, infos[0], args.size * MiB))
-                    for label, peers in (("fetch x1", infos[:1]), (f"fetch x{args.peers}", infos)):
-                        dest = work / f"client-{run_no}-{len(peers)}"
-                        x = Exchange(client.host, (DiscardStore if args.no_disk else Blockstore)(dest), client.metrics)
-                        async with trio.open_nursery() as nursery:
-                            await nursery.start(x.run)
-                            rate, split = await fetch_rate(x, res.cid, peers, args.window)
-                            nursery.cancel_scope.cancel()
-                        figures[label].append(rate)
-                        print(f"run {run_no + 1}: {label:10s} {rate:6.1f} MB/s  (blocks per peer {split})")
-                        shutil.rmtree(dest)
-                    print(f"run {run_no + 1}: {'stream':10s} {figures['stream'][-1]:6.1f} MB/s")
+                    rate, cpu = await stream_rate(client, infos[0], args.size * MiB)
+                    figures["stream"].append((rate, cpu))
+                    print(f"run {run_no + 1}: {'stream':10s} {rate:6.1f} MB/s  {cpu:5.2f} CPU ms/MiB")
+                    for label, peers in labels:
+                        rate, cpu, split = await fetch_once(client, work / f"client-{run_no}-{len(peers)}", res.cid,
+                                                            peers, args.window, args.no_disk)
+                        figures[label].append((rate, cpu))
+                        print(f"run {run_no + 1}: {label:10s} {rate:6.1f} MB/s  {cpu:5.2f} CPU ms/MiB"
+                              f"  (blocks per peer {split})")
         print()
-        med = {k: statistics.median(v) for k, v in figures.items()}
-        for k, v in figures.items():
-            print(f"{k:10s} median {med[k]:6.1f} MB/s   runs: {' '.join(f'{r:.1f}' for r in v)}")
-        print(f"fetch x1 / stream           {med['fetch x1'] / med['stream'] * 100:5.1f} %")
-        print(f"fetch x{args.peers} / fetch x1          {med[f'fetch x{args.peers}'] / med['fetch x1'] * 100:5.1f} %")
+        med = summary(figures)
+        print(f"fetch x1 / stream (rate, same run)      {med['fetch x1'] / med['stream'] * 100:5.1f} %")
+        print(f"fetch x1 / stream (client CPU per byte) {med['fetch x1 cpu'] / med['stream cpu']:5.2f} x")
+        if args.peers > 1:
+            print(f"{many} / fetch x1 (unthrottled)      {med[many] / med['fetch x1'] * 100:5.1f} %")
+        if args.peers > 1 and args.throttled_rate > 0 and not args.server_rate:
+            await throttled(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def throttled(args: argparse.Namespace, work: Path) -> None:
+    """fetch x1 vs xN from servers capped at ``--throttled-rate`` MB/s each."""
+    many = f"fetch x{args.peers}"
+    res = make_source(work / "source-small", args.throttled_size, 2)
+    print(f"\nthrottled: {args.throttled_size} MiB file, each server's answers capped at "
+          f"{args.throttled_rate:g} MB/s")
+    servers = server_tasks if args.inprocess else server_processes
+    async with servers(work / "source-small", args.peers, args.throttled_rate, False) as addrs:
+        infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in addrs]
+        client = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
+                         metrics=node_metrics())
+        async with client.running():
+            for info in infos:
+                assert await client.connect(info)
+            figures: dict[str, list[tuple[float, float]]] = {"fetch x1 capped": [], f"{many} capped": []}
+            for run_no in range(args.runs):
+                for label, peers in (("fetch x1 capped", infos[:1]), (f"{many} capped", infos)):
+                    rate, cpu, split = await fetch_once(client, work / f"capped-{run_no}-{len(peers)}", res.cid,
+                                                        peers, args.window, False)
+                    figures[label].append((rate, cpu))
+                    print(f"run {run_no + 1}: {label:16s} {rate:6.1f} MB/s  (blocks per peer {split})")
+    print()
+    med = summary(figures)
+    print(f"{many} / fetch x1 (capped servers)   {med[f'{many} capped'] / med['fetch x1 capped'] * 100:5.1f} %")
 
 
 def main() -> None:
@@ -247,6 +323,9 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the stores go (default: system temp)")
     ap.add_argument("--server-rate", type=float, default=0.0,
                     help="cap each server's Bitswap answers at this many MB/s, as an uplink would (0: no cap)")
+    ap.add_argument("--throttled-rate", type=float, default=20.0,
+                    help="after the main runs, fetch x1 vs xN from servers capped at this many MB/s (0: skip)")
+    ap.add_argument("--throttled-size", type=int, default=64, help="MiB for the throttled runs (default 64)")
     ap.add_argument("--no-disk", action="store_true",
                     help="diagnostic: servers answer from memory, the client hashes blocks but does not store them")
     ap.add_argument("--serve", metavar="STORE", help=argparse.SUPPRESS)

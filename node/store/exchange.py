@@ -702,6 +702,7 @@ class Exchange:
         self._notifee = _Watch(self)
         self._streams: set[INetStream] = set()   # inbound streams being read
         self._writer = _StoreWriter(self)
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -709,6 +710,7 @@ class Exchange:
         """Serve until cancelled."""
         if self._nursery is not None:
             raise RuntimeError("Exchange.run() is already running")
+        self._stopping = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -720,6 +722,10 @@ class Exchange:
                 try:
                     await trio.sleep_forever()
                 finally:
+                    # No new tasks from here on: a want sender cancelled with
+                    # entries left would otherwise start its successor in the
+                    # closing nursery, again and again.
+                    self._stopping = True
                     self._writer.stop()   # it finishes the batch in hand, then its thread returns
         finally:
             self._nursery = None
@@ -915,7 +921,7 @@ class Exchange:
             self._start_serving(peer, ledger)
 
     def _start_serving(self, peer: ID, ledger: _Ledger) -> None:
-        if self._nursery is None:
+        if self._nursery is None or self._stopping:
             return
         ledger.serving = True
         try:
@@ -1084,7 +1090,7 @@ class Exchange:
 
     def _kick(self, peer: ID, box: _Outbox) -> None:
         box.wake()
-        if not box.sending and box.entries and self._nursery is not None:
+        if not box.sending and box.entries and self._nursery is not None and not self._stopping:
             box.sending = True
             try:
                 self._nursery.start_soon(self._send_wants, peer, box)
