@@ -160,6 +160,10 @@ def parse_genesis(doc: dict[str, Any], source: str = "genesis") -> Genesis:
         allow_debug=p["allow_debug"],
         sim_root_ca=root,
     )
+    if dos and not policy.mrenclave and not policy.mrsigner:
+        # Empty lists would let every genuine enclave, whatever code it runs, pass attestation.
+        raise GenesisError(f"{source}: policy: neither mrenclave nor mrsigner lists a measurement, so any "
+                           "enclave would be attested; list the MRENCLAVE or MRSIGNER values this network trusts")
     return Genesis(
         network_id=nid,
         created=doc["network"]["created"],

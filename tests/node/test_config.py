@@ -66,7 +66,7 @@ def _doc(**over):
         "network": {"id": "net-1", "created": "x"},
         "dos": {"peers": peers[:2], "quorum": 2},
         "secrets": {"peers": peers, "threshold": 2},
-        "policy": {"mrenclave": [], "mrsigner": [], "min_isv_svn": 0, "tcb_statuses": ["UpToDate"],
+        "policy": {"mrenclave": [], "mrsigner": ["ab" * 32], "min_isv_svn": 0, "tcb_statuses": ["UpToDate"],
                    "tcb_statuses_with_advisories": [], "advisories_allowed": [], "allow_debug": False,
                    "sim_root_ca": ""},
     }
@@ -90,6 +90,7 @@ def test_genesis_roundtrip(tmp_path):
         ({"dos__peers": ["not-a-peer"]}, "dos.peers"),
         ({"network__id": "Bad Id!"}, "network.id"),
         ({"policy__mrenclave": ["abc"]}, "policy.mrenclave"),
+        ({"policy__mrsigner": []}, "any enclave would be attested"),
         ({"policy__sim_root_ca": "!!"}, "policy.sim_root_ca"),
         ({"policy__allow_debug": "yes"}, "policy.allow_debug"),
     ],
