@@ -500,8 +500,10 @@ class Session:
         if len(usable) < 2:
             return
         spare = self.window - self.inflight
-        waiting = sorted((min(it.peers.values()), it) for it in self.items.values()
-                         if it.state == "inflight" and len(it.peers) == 1 and now - min(it.peers.values()) > 1.0)
+        # Keyed on the time alone: items asked in the same instant must not be compared.
+        waiting = sorted(((min(it.peers.values()), it) for it in self.items.values()
+                          if it.state == "inflight" and len(it.peers) == 1 and now - min(it.peers.values()) > 1.0),
+                         key=lambda t: t[0])
         for _, it in waiting[: max(0, spare)]:
             candidates = [p for p in usable if p.id not in it.excluded and p.id not in it.peers]
             if not candidates:
