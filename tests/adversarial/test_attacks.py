@@ -9,6 +9,7 @@ bench/attacks.py). See docs/adversarial.md.
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def echo_job(net, **kw) -> tuple[bytes, dict]:
 
 
 def attacked(net, attack: str, *, who: int = EVIL, cid: str | None = None, data: bytes | None = None):
-    """Submit jobs until the attacker (node8, price 0) wins the first assignment, with ``attack`` on at ``who``.
+    """Submit a job with ``attack`` on at node ``who``; for node8 (price 0), until it wins the first assignment.
 
     Offers race the 150 ms bidding window, so the honest provider sometimes
     wins; that job is simply done honestly and another is submitted.
@@ -84,7 +85,7 @@ def attacked(net, attack: str, *, who: int = EVIL, cid: str | None = None, data:
         except RpcError as e:
             err = e
         N.set_attack(node(net, who), "none")
-        if assigned and assigned[0] == (0, evil):
+        if assigned and (assigned[0] == (0, evil) or who != EVIL):  # a consumer attacks whoever serves
             return given, job, err, assigned
         assert err is None, f"an honest job failed: {err}"
     pytest.fail("the attacker never won the first assignment")
@@ -165,3 +166,87 @@ def test_replayed_quote(net):
     assert all("report_data" in r for r in tries["old quote, new nonce"]["refusals"].values())
     assert all("not this request's nonce" in r for r in tries["old quote and old nonce"]["refusals"].values())
     assert {e["peer"] for e in releases_for(net, job["id"])} == {node(net, HONEST)["peer_id"]}
+
+
+def ai_key(net, cid: str) -> bytes:
+    """The AI key, from its publisher (the consumer node): the one thing no other party may hold."""
+    from node.store.ai_publish import load_ai_key
+
+    return load_ai_key(Path(node(net, CONSUMER)["data_dir"]), cid)
+
+
+@pytest.mark.attack("provider tries to read the AI key off the relay")
+def test_key_off_the_relay(net):
+    data, job, err, _ = attacked(net, "snoop")
+    assert err is None, err
+    assert_echo(data, job)
+    assert job["provider"] == node(net, EVIL)["peer_id"]  # the enclave was honest: the job ran there
+    evil = node(net, EVIL)
+    log = [e for e in N.adversary_log(evil) if e["attack"] == "snoop"]
+    relayed = [e for e in log if e["event"] == "relayed share request"]
+    assert relayed and relayed[-1]["answers"], "the provider relayed sealed shares"
+    # What it holds: signed requests and HPKE-sealed shares it cannot open.
+    assert sum(e["event"] == "could not open a sealed share" for e in log) >= 2
+    assert sum(e["event"] == "could not open a replayed share" for e in log) >= 2
+    own = next(e for e in log if e["event"] == "own enclave key")
+    assert own["answers"] == 0 and all(r.startswith("enclave_key") for r in own["refusals"].values()), own
+    resigned = next(e for e in log if e["event"] == "enclave key, own HPKE key")
+    assert resigned["answers"] == 0 and all(r.startswith("signature") for r in resigned["refusals"].values()), resigned
+    assert next(e for e in log if e["event"] == "snoop result")["opened"] == 0
+    # Nothing in the provider's files (relay capture, its own attack log, its logs, its store) holds
+    # the AI key, the input or the output.
+    key = ai_key(net, net["echo"])
+    needles = {**N.key_needles("AI key", key), "input": data, "output": b"RESULT:" + data[::-1],
+               "input token": data[len(b"adv-input-"):]}
+    capture = json.loads(Path(evil["data_dir"], "relay-capture.json").read_text())
+    assert capture["request_id"] == job["id"]
+    seen = b"".join(base64.b64decode(c) for c in capture["chunks"])
+    assert len(seen) > len(data)  # the TLS records of this job did pass through it
+    assert not [n for n, v in needles.items() if v in seen]
+    assert N.find_secrets(N.files_under([evil["data_dir"]]), needles) == []
+
+
+@pytest.mark.attack("provider answers with a forged result")
+def test_forged_result(net):
+    data, job, err, _ = attacked(net, "forge")
+    evil = node(net, EVIL)
+    log = N.adversary_log(evil)
+    assert any(e["event"] == "spliced the consumer onto the forged enclave" for e in log)
+    assert any(e["event"] == "announced the forged certificate" for e in log)
+    # Stopped at the consumer: the enclave it reached is not the one the DOS quorum attested.
+    assert job is None and err is not None and "enclave check failed" in str(err), (job, err)
+    assert "mrenclave" in str(err).lower() or "not the one the DOS quorum attested" in str(err)
+    rec = call(node(net, CONSUMER)["socket"], "jobs.list", {"limit": 5})
+    failed = [j for j in rec if j.get("state") == "failed" and "enclave check failed" in (j.get("error") or "")]
+    assert failed and not failed[-1].get("output_sha256"), "a forged output was recorded"
+    # The honest flow still works afterwards.
+    echo_job(net)
+
+
+@pytest.mark.attack("consumer sends an oversized input")
+def test_oversized_input(net, tmp_path):
+    # Through its own node: refused at the API, before anything leaves the node.
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate((64 << 20) + 1)
+    with pytest.raises(RpcError, match="input over 64 MiB"):
+        call(node(net, CONSUMER)["socket"], "job.submit", {"ai_cid": net["echo"], "input_path": str(big)})
+    # Around its node's check, straight to the enclave (1 TiB announced): refused there, with the reason.
+    _, job, err, assigned = attacked(net, "oversize", who=CONSUMER)
+    assert job is None and err is not None and "input over 67108864 bytes" in str(err), err
+    assert len(assigned) == 1  # refused, not retried elsewhere
+    assert any(e["event"] == "announced an oversized input" for e in N.adversary_log(node(net, CONSUMER)))
+    # Enclave and provider survive; other jobs still run, on the same provider too.
+    N.alive(net)
+    attacked(net, "none")
+
+
+@pytest.mark.attack("consumer sends malformed input")
+def test_malformed_input(net):
+    for bad in (b"\xff\xfe not json at all", b'{"pixels": "nope"}', b"[" * 100_000, b""):
+        with pytest.raises(RpcError, match="enclave error: bad request|give exactly one"):
+            N.submit(net, net["digits"], bad)
+    N.alive(net)
+    job = call(node(net, CONSUMER)["socket"], "job.submit",
+               {"ai_cid": net["digits"], "input_path": str(SAMPLE), "deadline_s": 60}, timeout=90)
+    assert json.loads(base64.b64decode(job["output_b64"]))["label"] == int(SAMPLE.name[0])
