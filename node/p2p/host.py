@@ -31,6 +31,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..identity import Identity
+from .addrs import dialable
 from ..metrics import Metrics
 
 log = logging.getLogger("ofnode.p2p")
@@ -118,7 +119,7 @@ class P2PHost:
         return sorted(p.to_base58() for p in self.host.get_connected_peers())
 
     def addrs(self) -> list[str]:
-        return [str(a) for a in self.host.get_addrs()]
+        return dialable(self.host.get_addrs())
 
     def change_event(self) -> trio.Event:
         """The event the next connect or disconnect sets. Take it *before*

@@ -34,12 +34,13 @@ from ..dos.service import AclQuorumError, Evidence, request_acl
 from ..fsutil import atomic_write
 from ..genesis import Genesis
 from ..identity import Identity
+from ..market import messages as m
+from ..market.election import coordinator_rank, matches
 from ..metrics import Metrics
+from ..p2p.addrs import dialable
 from ..p2p.envelope import SignedMessage, now_ms
 from ..p2p.gossip import Gossip
 from ..p2p.streams import Libp2pStream
-from ..market import messages as m
-from ..market.election import coordinator_rank, matches
 from ..secrets.service import request_shares
 from ..store.ai_publish import read_manifest
 from ..store.blockstore import BlockNotFound, CorruptBlock
@@ -153,7 +154,7 @@ class ProviderService:
             self.requests.pop(next(iter(self.requests)))
         tee = req.requirements.tee
         offer = m.Offer(req.id, self.backend_for(tee), tee, self.price, self.inventory.cores,
-                        self.inventory.memory_available_bytes, tuple(str(a) for a in self.host.get_addrs()),
+                        self.inventory.memory_available_bytes, tuple(dialable(self.host.get_addrs())),
                         load=len(self.jobs))
         reason = None
         if msg.sender == self.identity.peer_id:
