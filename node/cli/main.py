@@ -82,6 +82,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise CliError(f"cannot start: {e}", EXIT_USAGE) from None
 
     def ready(info: dict[str, Any]) -> None:
+        sd_notify(f"READY=1\nSTATUS=ready: {info['peer_id']} on {info['socket']}\nMAINPID={os.getpid()}")
         if args.ready_fd is not None:
             with os.fdopen(args.ready_fd, "w") as f:
                 json.dump(info, f)
@@ -95,6 +96,22 @@ def cmd_start(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (``Type=notify``) our state through ``$NOTIFY_SOCKET``; False when not under it."""
+    import socket
+
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if not addr or addr[0] not in "/@":
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect("\0" + addr[1:] if addr[0] == "@" else addr)
+            s.sendall(state.encode())
+    except OSError:
+        return False  # readiness is advisory: never let it stop the node
+    return True
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -150,20 +150,14 @@ def test_unit_runs_the_console_script_with_valid_arguments() -> None:
     assert Path(argv[0]).name in scripts, f"{argv[0]} is not a console script of pyproject.toml"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "start" and args.data_dir == "/var/lib/ofnode"
-    # The readiness wait asks the same node through its data dir (honours api.socket).
-    post = _argv(svc["ExecStartPost"])
-    assert post[:2] == ["/bin/sh", "-c"]
-    inner = _argv(post[2].split("until ", 1)[1].split(">", 1)[0])
-    assert inner[0] == argv[0]
-    args = build_parser().parse_args(inner[1:])
-    assert args.command == "status" and args.data_dir == "/var/lib/ofnode"
+    assert "ExecStartPost" not in svc  # readiness is sd_notify, no polling
 
 
 def test_unit_hardening() -> None:
     u = _unit(UNIT_DIR / "ofnode.service")
     svc = u["Service"]
     expect = {
-        "Type": "exec",  # the daemon does not speak sd_notify
+        "Type": "notify", "NotifyAccess": "main",  # READY=1 from `ofnode start`
         "User": "ofnode", "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
         "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
         "CapabilityBoundingSet": "", "StateDirectory": "ofnode", "StateDirectoryMode": "0700",
