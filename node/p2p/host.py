@@ -35,6 +35,7 @@ from .addrs import dialable
 from ..metrics import Metrics
 
 log = logging.getLogger("ofnode.p2p")
+DISCOVERY_BACKOFF_MAX = 8  # the discovery loop waits at most this many intervals after fruitless refreshes
 
 
 class _ConnectionWatch(INotifee):
@@ -216,10 +217,20 @@ class P2PHost:
             b.next_try = trio.current_time() + delay * random.uniform(0.8, 1.2)
 
     async def _discover(self) -> None:
-        """Fill up to ``target_peers`` from the DHT routing table."""
+        """Fill up to ``target_peers`` from the DHT routing table.
+
+        A refresh that leaves no new peer to dial doubles the wait before the next
+        (up to DISCOVERY_BACKOFF_MAX × ``discovery_interval``); losing a peer resets it.
+        On a network smaller than ``target_peers`` every node would otherwise walk the
+        DHT every interval for nothing (30 idle nodes: ~0.4 of 2 cores)."""
+        idle = 0
+        last = 0
         while True:
-            await trio.sleep(self.discovery_interval)  # periodic work, not a wait for state
+            await trio.sleep(self.discovery_interval * min(DISCOVERY_BACKOFF_MAX, 2 ** idle))  # periodic work
             connected = set(self.host.get_connected_peers())
+            if len(connected) < last:
+                idle = 0
+            last = len(connected)
             if len(connected) >= self.target_peers:
                 continue
             with trio.move_on_after(self.dial_timeout * 2):
@@ -228,6 +239,7 @@ class P2PHost:
                 except Exception as e:
                     log.debug("routing table refresh failed", extra={"error": str(e)[:200]})
             candidates = [p for p in self.dht.routing_table.get_peer_ids() if p not in connected and p != self.host.get_id()]
+            idle = 0 if candidates else min(idle + 1, 8)
             for peer in candidates[: self.target_peers - len(connected)]:
                 addrs = self.host.get_peerstore().addrs(peer)
                 if addrs:
