@@ -702,7 +702,7 @@ def wire_frame(data: bytes) -> bool:
             self.pos = 0
 
         async def read(self, n: int) -> bytes:
-            chunk = data[self.pos:self.pos + min(n, 13)]
+            chunk = data[self.pos:self.pos + min(n, 1 + len(data) // 3)]  # in pieces
             self.pos += len(chunk)
             return chunk
 
