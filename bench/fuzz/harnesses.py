@@ -337,6 +337,11 @@ def package_decrypt(data: bytes) -> bool:
 
 @functools.cache
 def _scratch() -> Path:
+    given = os.environ.get("OFNODE_FUZZ_SCRATCH")  # run.py's, under its workdir (libFuzzer exits without atexit)
+    if given:
+        shutil.rmtree(given, ignore_errors=True)
+        Path(given).mkdir(parents=True)
+        return Path(given)
     path = Path(tempfile.mkdtemp(prefix="ofnode-fuzz-"))
     atexit.register(shutil.rmtree, path, True)
     return path
