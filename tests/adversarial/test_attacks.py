@@ -208,7 +208,7 @@ def test_key_off_the_relay(net):
 
 @pytest.mark.attack("provider answers with a forged result")
 def test_forged_result(net):
-    data, job, err, _ = attacked(net, "forge")
+    _, job, err, _ = attacked(net, "forge")
     evil = node(net, EVIL)
     log = N.adversary_log(evil)
     assert any(e["event"] == "spliced the consumer onto the forged enclave" for e in log)
@@ -250,3 +250,144 @@ def test_malformed_input(net):
     job = call(node(net, CONSUMER)["socket"], "job.submit",
                {"ai_cid": net["digits"], "input_path": str(SAMPLE), "deadline_s": 60}, timeout=90)
     assert json.loads(base64.b64decode(job["output_b64"]))["label"] == int(SAMPLE.name[0])
+
+
+@pytest.mark.attack("a DOS minority signs bad ACL entries")
+def test_dos_minority_signs_bad_entries(net):
+    """node2 (1 of 3 DOS peers, quorum 2) signs garbage for honest enclaves, and its key signs an
+    entry for an enclave nobody attested; neither gets anywhere."""
+    import time
+
+    import trio
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from enclave import secret_client as sc
+    from node.dos.acl import AclEntry, AclSignature
+    from node.genesis import load_genesis
+    from node.identity import load_identity
+    from node.secrets.service import request_shares
+
+    from . import peers as P
+
+    # 1. In the daemon: its signatures on honest jobs are bad; the honest quorum carries the job.
+    data, job, err, _ = attacked(net, "bad_sign", who=EVIL_DOS)
+    assert err is None, err
+    assert_echo(data, job)
+    assert any(e["event"] == "signed a bad ACL entry" and e["request_id"] == job["id"]
+               for e in N.adversary_log(node(net, EVIL_DOS)))
+
+    # 2. Its key in the attacker's hands: an entry for the attacker's own enclave key, for the real AI.
+    genesis = load_genesis(net["genesis"])
+    bad_dos = load_identity(node(net, EVIL_DOS)["data_dir"])
+    enclave_key = ec.generate_private_key(ec.SECP256R1())
+    spki = enclave_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    entry = AclEntry(network_id=genesis.network_id, request_id=os.urandom(16).hex(), ai_cid=net["echo"],
+                     enclave_key_sha256=sc.hashlib.sha256(spki).hexdigest(), measurement="00" * 32,
+                     consumer=node(net, CONSUMER)["peer_id"], not_after=int(time.time()) + 300)
+    good = entry.sign(bad_dos)
+    forged_other = AclSignature(node(net, 0)["peer_id"], os.urandom(64))  # claims DOS peer node0
+    hpke = sc.new_hpke_key()
+    tries = {
+        "one signature": [good],
+        "one signature twice": [good, good],
+        "one signature and a forged one": [good, forged_other],
+    }
+    secrets_addrs = [node(net, i)["addr"] for i in (3, 4, 5)]
+
+    async def main() -> dict[str, dict]:
+        out = {}
+        async with P.peer(connect=secrets_addrs) as p2p:
+            for name, sigs in tries.items():
+                req = sc.build_share_request(entry.to_dict(), [s.to_dict() for s in sigs], enclave_key, hpke)
+                got = await request_shares(p2p, genesis, req, timeout=5)
+                out[name] = {"answers": len(got.answers), "refusals": got.refusals}
+        return out
+
+    results = trio.run(main)
+    for name, r in results.items():
+        # Stopped at every secrets peer: no DOS quorum.
+        assert r["answers"] == 0 and len(r["refusals"]) == 3, (name, r)
+        assert all(x.startswith("acl: ACL entry not valid: 2 of 3 DOS signatures needed, got 1 valid") for x in r["refusals"].values()), (name, r)
+    assert "duplicate" in next(iter(results["one signature twice"]["refusals"].values()))
+    assert "forged" in next(iter(results["one signature and a forged one"]["refusals"].values()))
+    # The secrets peers wrote their refusals down (and released nothing for this request).
+    refused = [e for i in (3, 4, 5) for e in N.audit(node(net, i)) if e.get("request_id") == entry.request_id]
+    assert refused and all(e["event"] == "refuse" and e["code"] == "acl" for e in refused)
+
+
+@pytest.mark.attack("a peer floods the gossip topic")
+def test_gossip_flood(net):
+    import trio
+
+    from . import peers as P
+
+    target = node(net, CONSUMER)
+    before_rss = P.rss_kib(target["pid"])
+    m0 = call(target["socket"], "metrics.text", {})
+    result: dict = {}
+
+    async def main() -> None:
+        async with P.peer(connect=[target["addr"]]) as p2p:
+            result.update(await P.flood(p2p, target["peer_id"], net["network"], valid=4000, garbage=400,
+                                        wrong_network=400, forged=400))
+            result["flooder"] = p2p.peer_id
+            await trio.sleep(2)  # let the target work through what it received
+
+    trio.run(main)
+    # Honest traffic still flows right after the flood: a note from node1 reaches everyone, and a job runs.
+    note = call(node(net, 1)["socket"], "gossip.publish", {"text": "honest after the flood"})
+    for n in net["nodes"]:
+        assert call(n["socket"], "gossip.wait", {"id": note["id"], "timeout": 20}, timeout=30)["received"], n["name"]
+    echo_job(net)
+    m1 = call(target["socket"], "metrics.text", {})
+    delta = {r: P.metric(m1, "ofnode_gossip_rejected_total", reason=r) - P.metric(m0, "ofnode_gossip_rejected_total", reason=r)
+             for r in ("rate_limited", "malformed", "wrong_network", "bad_signature")}
+    # Throttled: past its burst (200) and rate (100/s), the flooder's messages were refused, not forwarded.
+    accepted = result["sent"] - delta["rate_limited"] - delta["malformed"] - delta["wrong_network"] - delta["bad_signature"]
+    assert delta["rate_limited"] > 0, delta
+    assert accepted <= 200 + 100 * (result["seconds"] + 2) + 50, (accepted, result, delta)
+    # Memory stays bounded (the flood is ~3900 messages; the node keeps at most bounded caches).
+    assert P.rss_kib(target["pid"]) - before_rss < 64 * 1024
+    net["flood"] = {**result, **delta, "accepted": accepted}
+    print("gossip flood:", net["flood"])
+
+
+@pytest.mark.attack("a Sybil burst of fresh identities")
+def test_sybil_burst(net):
+    import trio
+
+    from . import peers as P
+
+    n_sybils = 40
+    targets = [node(net, i) for i in (0, CONSUMER, HONEST)]
+    rss0 = {t["name"]: P.rss_kib(t["pid"]) for t in targets}
+    seen: dict[str, int] = {}
+    done: dict = {}
+
+    async def sybil(addrs: list[str], ready: trio.Semaphore, hold: trio.Event) -> None:
+        async with P.peer(connect=addrs):
+            ready.release()
+            await hold.wait()
+
+    async def main() -> None:
+        hold, ready = trio.Event(), trio.Semaphore(0)
+        async with trio.open_nursery() as n:
+            for _ in range(n_sybils):  # all at once
+                n.start_soon(sybil, [t["addr"] for t in targets], ready, hold)
+            for _ in range(n_sybils):
+                await ready.acquire()
+            for t in targets:
+                status = await trio.to_thread.run_sync(lambda t=t: call(t["socket"], "node.status", {}))
+                seen[t["name"]] = len(status["peers"])
+            # An honest job while the swarm is connected.
+            done["job"] = await trio.to_thread.run_sync(lambda: echo_job(net))
+            hold.set()
+
+    trio.run(main)
+    for t in targets:  # every Sybil got a connection (under libp2p's 300-connection cap), and nothing fell over
+        assert n_sybils <= seen[t["name"]] <= 300, seen
+        assert P.rss_kib(t["pid"]) - rss0[t["name"]] < 128 * 1024
+    N.alive(net)
+    echo_job(net)
