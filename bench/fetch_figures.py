@@ -151,6 +151,19 @@ async def serve_forever(store_dir: str, rate: float, memory: bool) -> None:
             pass
 
 
+SERVER_PIDS: list[int] = []   # server processes now running (none with --inprocess)
+
+
+def servers_cpu() -> float:
+    """CPU seconds (user + system) the server processes have used so far."""
+    total = 0
+    for pid in SERVER_PIDS:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])   # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @asynccontextmanager
 async def server_processes(store_dir: Path, n: int, rate: float, memory: bool) -> AsyncIterator[list[str]]:
     procs = [subprocess.Popen([sys.executable, __file__, "--serve", str(store_dir), "--server-rate", str(rate)]
@@ -160,8 +173,10 @@ async def server_processes(store_dir: Path, n: int, rate: float, memory: bool) -
         addrs = [await trio.to_thread.run_sync(p.stdout.readline) for p in procs]  # type: ignore[union-attr]
         if not all(addrs):
             raise RuntimeError("a server process failed to start")
+        SERVER_PIDS[:] = [p.pid for p in procs]
         yield [a.decode().strip() for a in addrs]
     finally:
+        SERVER_PIDS.clear()
         for p in procs:
             p.stdin.close()  # type: ignore[union-attr]
             try:
@@ -177,10 +192,10 @@ async def server_tasks(store_dir: Path, n: int, rate: float, memory: bool) -> As
         yield [p2p_addr(h) for h in hosts]
 
 
-async def stream_rate(p2p: P2PHost, info: PeerInfo, size: int) -> tuple[float, float]:
-    """(MB/s, client CPU ms per MiB) of reading ``size`` bytes off one stream."""
+async def stream_rate(p2p: P2PHost, info: PeerInfo, size: int) -> tuple[float, float, float, float]:
+    """(MB/s, and CPU ms per MiB: client, its event-loop thread, servers) of reading ``size`` bytes off one stream."""
     stream = await p2p.host.new_stream(info.peer_id, [STREAM_PROTO])
-    c0 = time.process_time()
+    l0, c0, s0 = time.thread_time(), time.process_time(), servers_cpu()
     t0 = time.perf_counter()
     await stream.write(size.to_bytes(8, "big"))
     got = 0
@@ -191,25 +206,31 @@ async def stream_rate(p2p: P2PHost, info: PeerInfo, size: int) -> tuple[float, f
         got += len(data)
     dt = time.perf_counter() - t0
     cpu = time.process_time() - c0
+    loop = time.thread_time() - l0
+    server = servers_cpu() - s0
     await stream.close()
-    return size / dt / 1e6, cpu * 1e3 / (size / MiB)
+    mib = size / MiB
+    return size / dt / 1e6, cpu * 1e3 / mib, loop * 1e3 / mib, server * 1e3 / mib
 
 
-async def fetch_rate(x: Exchange, root: Cid, infos: list[PeerInfo], window: int) -> tuple[float, float, str]:
-    """(MB/s, client CPU ms per MiB, blocks per peer) of one whole fetch."""
-    c0 = time.process_time()
+async def fetch_rate(x: Exchange, root: Cid, infos: list[PeerInfo], window: int) -> tuple[float, float, float, float, str]:
+    """(MB/s, CPU ms per MiB: client, its event-loop thread, servers; blocks per peer) of one whole fetch."""
+    l0, c0, s0 = time.thread_time(), time.process_time(), servers_cpu()
     t0 = time.perf_counter()
     result = await x.fetch_dag(root, [i.peer_id for i in infos], window=window)
     dt = time.perf_counter() - t0
     cpu = time.process_time() - c0
+    loop = time.thread_time() - l0
+    server = servers_cpu() - s0
     split = "/".join(str(s.blocks) for s in result.peers.values())
     if os.environ.get("BENCH_DEBUG"):
         print(result, file=sys.stderr)
-    return result.bytes_fetched / dt / 1e6, cpu * 1e3 / (result.bytes_fetched / MiB), split
+    mib = result.bytes_fetched / MiB
+    return result.bytes_fetched / dt / 1e6, cpu * 1e3 / mib, loop * 1e3 / mib, server * 1e3 / mib, split
 
 
 async def fetch_once(client: P2PHost, dest: Path, root: Cid, infos: list[PeerInfo], window: int,
-                     no_disk: bool) -> tuple[float, float, str]:
+                     no_disk: bool) -> tuple[float, float, float, float, str]:
     x = Exchange(client.host, (DiscardStore if no_disk else Blockstore)(dest), client.metrics)
     try:
         async with trio.open_nursery() as nursery:
@@ -230,14 +251,20 @@ def make_source(path: Path, mib: int, seed: int) -> "ImportResult":
     return res
 
 
-def summary(figures: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+Figure = tuple[float, float, float, float]   # MB/s; CPU ms/MiB of the client, its loop thread, the servers
+
+
+def cpu_text(cpu: float, loop: float, server: float) -> str:
+    return f"CPU ms/MiB client {cpu:5.2f} (loop {loop:5.2f}) servers {server:5.2f}"
+
+
+def summary(figures: dict[str, list[Figure]]) -> dict[str, float]:
     med = {}
     for k, v in figures.items():
-        rate = statistics.median(r for r, _ in v)
-        cpu = statistics.median(c for _, c in v)
-        med[k] = rate
-        med[k + " cpu"] = cpu
-        print(f"{k:16s} median {rate:6.1f} MB/s  {cpu:5.2f} CPU ms/MiB   runs: {' '.join(f'{r:.1f}' for r, _ in v)}")
+        rate, cpu, loop, server = (statistics.median(f[i] for f in v) for i in range(4))
+        med[k], med[k + " cpu"], med[k + " loop"], med[k + " server"] = rate, cpu, loop, server
+        print(f"{k:16s} median {rate:6.1f} MB/s  {cpu_text(cpu, loop, server)}"
+              f"   runs: {' '.join(f'{f[0]:.1f}' for f in v)}")
     return med
 
 
@@ -253,7 +280,8 @@ async def run(args: argparse.Namespace) -> None:
               f"{f', answers capped at {args.server_rate:g} MB/s per server' if args.server_rate else ''}"
               f"{', NO DISK (blocks served from memory, received blocks not stored)' if args.no_disk else ''}")
         print("MB/s = file bytes moved / wall time (10^6 B/s); CPU ms/MiB = the client's CPU time "
-              "(all threads) per MiB moved")
+              "(all threads) per MiB moved, of which its trio loop thread (network, Bitswap), and the servers' "
+              "(their processes; 0 with --inprocess, where the client's includes them)")
         servers = server_tasks if args.inprocess else server_processes
         async with servers(work / "source", args.peers, args.server_rate, args.no_disk) as addrs:
             infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in addrs]
@@ -263,22 +291,24 @@ async def run(args: argparse.Namespace) -> None:
                 for info in infos:
                     assert await client.connect(info)
                 labels = [("fetch x1", infos[:1])] + ([(many, infos)] if args.peers > 1 else [])
-                figures: dict[str, list[tuple[float, float]]] = {"stream": []}
+                figures: dict[str, list[Figure]] = {"stream": []}
                 figures.update({label: [] for label, _ in labels})
                 for run_no in range(args.runs):
-                    rate, cpu = await stream_rate(client, infos[0], args.size * MiB)
-                    figures["stream"].append((rate, cpu))
-                    print(f"run {run_no + 1}: {'stream':10s} {rate:6.1f} MB/s  {cpu:5.2f} CPU ms/MiB")
+                    fig = await stream_rate(client, infos[0], args.size * MiB)
+                    figures["stream"].append(fig)
+                    print(f"run {run_no + 1}: {'stream':10s} {fig[0]:6.1f} MB/s  {cpu_text(*fig[1:])}")
                     for label, peers in labels:
-                        rate, cpu, split = await fetch_once(client, work / f"client-{run_no}-{len(peers)}", res.cid,
-                                                            peers, args.window, args.no_disk)
-                        figures[label].append((rate, cpu))
-                        print(f"run {run_no + 1}: {label:10s} {rate:6.1f} MB/s  {cpu:5.2f} CPU ms/MiB"
+                        *fig, split = await fetch_once(client, work / f"client-{run_no}-{len(peers)}",
+                                                       res.cid, peers, args.window, args.no_disk)
+                        figures[label].append(tuple(fig))  # type: ignore[arg-type]
+                        print(f"run {run_no + 1}: {label:10s} {fig[0]:6.1f} MB/s  {cpu_text(*fig[1:])}"
                               f"  (blocks per peer {split})")
         print()
         med = summary(figures)
         print(f"fetch x1 / stream (rate, same run)      {med['fetch x1'] / med['stream'] * 100:5.1f} %")
-        print(f"fetch x1 / stream (client CPU per byte) {med['fetch x1 cpu'] / med['stream cpu']:5.2f} x")
+        print(f"fetch x1 / stream, CPU per byte: client {med['fetch x1 cpu'] / med['stream cpu']:4.2f} x,"
+              f" its loop thread {med['fetch x1 loop'] / med['stream loop']:4.2f} x,"
+              f" client + server {(med['fetch x1 cpu'] + med['fetch x1 server']) / (med['stream cpu'] + med['stream server']):4.2f} x")
         if args.peers > 1:
             print(f"{many} / fetch x1 (unthrottled)      {med[many] / med['fetch x1'] * 100:5.1f} %")
         if args.peers > 1 and args.throttled_rate > 0 and not args.server_rate:
@@ -301,13 +331,13 @@ async def throttled(args: argparse.Namespace, work: Path) -> None:
         async with client.running():
             for info in infos:
                 assert await client.connect(info)
-            figures: dict[str, list[tuple[float, float]]] = {"fetch x1 capped": [], f"{many} capped": []}
+            figures: dict[str, list[Figure]] = {"fetch x1 capped": [], f"{many} capped": []}
             for run_no in range(args.runs):
                 for label, peers in (("fetch x1 capped", infos[:1]), (f"{many} capped", infos)):
-                    rate, cpu, split = await fetch_once(client, work / f"capped-{run_no}-{len(peers)}", res.cid,
-                                                        peers, args.window, False)
-                    figures[label].append((rate, cpu))
-                    print(f"run {run_no + 1}: {label:16s} {rate:6.1f} MB/s  (blocks per peer {split})")
+                    *fig, split = await fetch_once(client, work / f"capped-{run_no}-{len(peers)}", res.cid,
+                                                   peers, args.window, False)
+                    figures[label].append(tuple(fig))  # type: ignore[arg-type]
+                    print(f"run {run_no + 1}: {label:16s} {fig[0]:6.1f} MB/s  (blocks per peer {split})")
     print()
     med = summary(figures)
     print(f"{many} / fetch x1 (capped servers)   {med[f'{many} capped'] / med['fetch x1 capped'] * 100:5.1f} %")

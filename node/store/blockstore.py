@@ -128,6 +128,27 @@ def _fsync_dir(path: str | Path) -> None:
 _tmp_seq = itertools.count()
 
 
+def _read_block_file(path: str | os.PathLike[str]) -> bytes:
+    """A block file's bytes (at most ``MAX_BLOCK_SIZE + 1``, so an oversize
+    file shows). Sized by ``fstat``: ``open().read(MAX_BLOCK_SIZE + 1)``
+    allocated 2 MiB per call and cost ~9x more per byte (it was most of
+    serving a block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        want = min(os.fstat(fd).st_size, MAX_BLOCK_SIZE) + 1
+        chunks = [os.read(fd, want)]
+        got = len(chunks[0])
+        while got < want - 1:   # a short read before the size fstat gave
+            more = os.read(fd, want - got)
+            if not more:
+                break
+            chunks.append(more)
+            got += len(more)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
 
@@ -253,8 +274,7 @@ class Blockstore:
         """
         path = self._path(cid)
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_BLOCK_SIZE + 1)
+            data = _read_block_file(path)
         except FileNotFoundError:
             raise BlockNotFound(f"block {cid} not found") from None
         if len(data) > MAX_BLOCK_SIZE or not cid.verify(data):
