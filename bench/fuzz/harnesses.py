@@ -857,6 +857,41 @@ def channel(data: bytes) -> bool:
     return bool(whole)
 
 
+def _job_seeds() -> list[bytes]:
+    from enclave.cid import RAW, Cid
+
+    return [json.dumps({"op": "job", "request_id": "r1", "nonce": NONCE.hex(), "ai_cid": Cid.for_block(RAW, b"ai").encode(),
+                        "manifest": m.decode(), "max_requests": 2, "key_source": "secret-store",
+                        "secrets_peers": [i.peer_id for i in _ids()[:2]], "timeout": 30}).encode()
+            for m in _manifest_seeds()]
+
+
+@harness("enclave_job", "enclave.runtime.main.Runtime.read_job (the host's job message, in the enclave)",
+         "Failure / ManifestError", _job_seeds)
+def enclave_job(data: bytes) -> bool:
+    from enclave.ai_manifest import ManifestError
+    from enclave.runtime import channel as ch
+    from enclave.runtime import main
+
+    try:
+        msg = ch.decode_ctrl(data)
+    except ch.ChannelError:
+        return False
+
+    class Chan:
+        def next_event(self, timeout: float) -> tuple[str, dict]:
+            return "ctrl", msg
+
+    rt = main.Runtime(Chan(), _scratch(), "sim-host", "/nonexistent")  # type: ignore[arg-type]
+    try:
+        rt.read_job()
+    except (main.Failure, ManifestError):
+        return False
+    check(len(rt.nonce) == 32 and 1 <= rt.max_requests <= 1_000_000 and rt.deadline < float("inf"),
+          "job limits not applied")
+    return True
+
+
 # ---------------------------------------------------------------------------
 # genesis and config TOML (operator files)
 

@@ -92,12 +92,12 @@ class Runtime:
             self.key_source = str(job.get("key_source", "secret-store"))
             self.secrets_peers = [str(p) for p in job.get("secrets_peers", [])][:64]
             self.deadline = time.monotonic() + float(job.get("timeout", DEFAULT_DEADLINE))
-        except (KeyError, TypeError, ValueError, AttributeError, CidError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, CidError) as exc:
             raise Failure(f"malformed job: {exc!r}") from None
         if self.key_source not in ("secret-store", "host-test-hook"):
             raise Failure(f"malformed job: unknown key_source {self.key_source!r}")
-        if len(self.nonce) != 32 or not 1 <= self.max_requests <= 1_000_000:
-            raise Failure("malformed job: nonce must be 32 bytes, max_requests 1..1e6")
+        if len(self.nonce) != 32 or not 1 <= self.max_requests <= 1e6 or not 0 < self.deadline - time.monotonic() < 1e9:
+            raise Failure("malformed job: nonce must be 32 bytes, max_requests 1..1e6, timeout 0..1e9 s (not NaN)")
         self.manifest = parse_manifest(self.manifest_bytes)
 
     # ---- 2. attestation

@@ -218,3 +218,19 @@ def test_deeply_nested_onnx_input_is_a_bad_request() -> None:
             run(raw)
     sample = next((H.EXAMPLES / "digits" / "samples").glob("*.json")).read_bytes()
     assert "label" in json.loads(run(sample)[0])
+
+
+# -- the host's job message, in the enclave: max_requests Infinity leaked OverflowError; a NaN timeout passed --
+@pytest.mark.parametrize("field, bad", [("max_requests", float("inf")), ("timeout", float("nan")),
+                                        ("timeout", float("inf")), ("timeout", -1), ("max_requests", 0)])
+def test_enclave_job_with_non_finite_numbers_is_malformed(field: str, bad: float) -> None:
+    from enclave.runtime import main
+
+    job = {**json.loads(H._job_seeds()[0]), field: bad}
+
+    class Chan:
+        def next_event(self, timeout: float) -> tuple[str, dict]:
+            return "ctrl", job
+
+    with pytest.raises(main.Failure, match="malformed job"):
+        main.Runtime(Chan(), H._scratch(), "sim-host", "/nonexistent").read_job()  # type: ignore[arg-type]
