@@ -390,3 +390,25 @@ async def test_connection_lost_mid_fetch(tmp_path):
             assert read_file(client.store, res.cid) == data
             assert result.bad_peers == {}
             assert result.peers[b.id.to_base58()].blocks > 0
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), RuntimeError("a bug of ours")])
+async def test_store_writer_failure_fails_the_fetch_and_the_writer_goes_on(tmp_path, error):
+    """The writer thread reports a failed batch to the fetches (no hang until
+    the stall timeout) and keeps serving the next one."""
+    data = random_file(2 * MiB, seed=9)
+    with trio.fail_after(60):
+        async with make_nodes(tmp_path, 2) as (server, client):
+            res = add_bytes(server.store, data)
+            await client.connect(server)
+            real_put = client.store.put
+
+            def failing_put(cid, block, *, hashed=False):
+                raise error
+
+            client.store.put = failing_put  # type: ignore[method-assign]
+            with pytest.raises(FetchError, match="blockstore failed"):
+                await client.exchange.fetch_dag(res.cid, [server.id], stall_timeout=30)
+            client.store.put = real_put  # type: ignore[method-assign]
+            await client.exchange.fetch_dag(res.cid, [server.id])
+            assert read_file(client.store, res.cid) == data

@@ -6,7 +6,7 @@ import os
 import pytest
 import trio
 
-from enclave.cid import DAG_PB, RAW, Cid, encode_uvarint
+from enclave.cid import DAG_PB, RAW, Cid, decode_uvarint, encode_uvarint
 from node.store import bitswap_pb2 as pb
 from node.store.exchange import (
     DONT_HAVE,
@@ -173,3 +173,79 @@ def test_unsupported_cids_are_not_offences() -> None:
     msg = decode_message(m.SerializeToString())
     assert msg.wants == [] and msg.unsupported == [cbor]
     assert msg.offences == {"unsupported_cid": 2, "bad_cid": 1}
+
+
+# ---------------------------------------------------------------- payload scan (no protobuf parse)
+
+
+def _payloads_by_protobuf(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b.prefix, b.data) for b in pb.Message.FromString(body).payload]
+
+
+def test_payload_scan_matches_protobuf_on_answers() -> None:
+    from node.store.exchange import _scan_payloads
+
+    blocks = [(block_prefix(Cid.for_block(RAW, d)), d) for d in (b"a", os.urandom(300), os.urandom(262144))]
+    blocks.append((block_prefix(Cid.for_block(DAG_PB, b"n", 0)), b"n"))
+    frame = encode_answer(blocks, [])
+    _, pos = decode_uvarint(frame, 0)
+    body = frame[pos:]
+    scanned = _scan_payloads(body)
+    assert scanned is not None
+    assert [(p, bytes(d)) for p, d in scanned] == _payloads_by_protobuf(body) == blocks
+    # the same message as protobuf encodes it
+    m = pb.Message()
+    for prefix, data in blocks:
+        m.payload.add(prefix=prefix, data=data)
+    assert [(p, bytes(d)) for p, d in _scan_payloads(m.SerializeToString())] == blocks  # type: ignore[union-attr]
+    msg = decode_message(body)
+    assert [(v, c, bytes(d)) for v, c, d in msg.blocks] == [(1, RAW, b"a"), (1, RAW, blocks[1][1]),
+                                                          (1, RAW, blocks[2][1]), (0, DAG_PB, b"n")]
+
+
+def test_payload_scan_leaves_every_other_shape_to_protobuf() -> None:
+    from node.store.exchange import _scan_payloads
+
+    prefix = block_prefix(Cid.for_block(RAW, b"x"))
+    empty = pb.Message()
+    empty.payload.add(prefix=prefix, data=b"")          # proto3 omits the empty data field
+    with_presence = pb.Message()
+    with_presence.payload.add(prefix=prefix, data=b"x")
+    with_presence.blockPresences.add(cid=Cid.for_block(RAW, b"y").to_bytes(), type=DONT_HAVE)
+    data_first = bytes([0x1A, 7, 0x12, 1]) + b"x" + bytes([0x0A, len(prefix)]) + prefix
+    data_first = bytes([0x1A, len(data_first) - 2]) + data_first[2:]
+    non_minimal = bytes([0x1A, 0x80 | 7, 0x00, 0x0A, 4]) + prefix + bytes([0x12, 0])
+    for body in (empty.SerializeToString(), with_presence.SerializeToString(), data_first, non_minimal,
+                 bytes([0x1A, 50, 0x0A, 1, 0])):   # truncated
+        assert _scan_payloads(body) is None
+    # ... and decode_message still gives protobuf's answer for them
+    assert [(v, c, bytes(d)) for v, c, d in decode_message(with_presence.SerializeToString()).blocks] == [(1, RAW, b"x")]
+    assert decode_message(with_presence.SerializeToString()).presences == [(Cid.for_block(RAW, b"y"), False)]
+    with pytest.raises(ProtocolViolation):
+        decode_message(bytes([0x1A, 50, 0x0A, 1, 0]))
+
+
+def test_payload_scan_agrees_with_protobuf_on_mutations() -> None:
+    """Whatever the scan accepts, protobuf decodes to the same blocks."""
+    import random
+
+    from node.store.exchange import _scan_payloads
+
+    rng = random.Random(5)
+    blocks = [(block_prefix(Cid.for_block(RAW, bytes([i]) * 40)), bytes([i]) * 40) for i in range(3)]
+    frame = encode_answer(blocks, [])
+    _, pos = decode_uvarint(frame, 0)
+    body = frame[pos:]
+    assert _scan_payloads(body) is not None
+    accepted = 0
+    for _ in range(3000):
+        b = bytearray(body)
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        b = bytes(b[: rng.randint(0, len(b))]) if rng.random() < 0.2 else bytes(b)
+        scanned = _scan_payloads(b)
+        if scanned is None:
+            continue
+        accepted += 1
+        assert [(p, bytes(d)) for p, d in scanned] == _payloads_by_protobuf(b)
+    assert accepted > 100

@@ -312,3 +312,61 @@ def test_stat(store: Blockstore) -> None:
         store.put(*raw(b"x" * (i + 1)))
     stat = store.stat()
     assert (stat.blocks, stat.bytes) == (4, 1 + 2 + 3 + 4)
+
+
+# ---------------------------------------------------------------- fast paths
+
+
+def test_batch_puts_are_flushed_once_by_syncfs(store: Blockstore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a batch no fsync per block; leaving it flushes the store's filesystem once."""
+    flushes: list[Path] = []
+    fsyncs: list[int] = []
+    real_flush, real_fsync = bs_mod._flush_filesystem, os.fsync
+    monkeypatch.setattr(bs_mod, "_flush_filesystem", lambda root: (flushes.append(root), real_flush(root)))
+    monkeypatch.setattr(bs_mod.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    blocks = [raw(os.urandom(100)) for _ in range(20)]
+    with store.batch():
+        for cid, data in blocks:
+            assert store.put(cid, memoryview(data), hashed=True)
+    assert flushes == [store.root] and fsyncs == []
+    assert all(store.get(cid) == data for cid, data in blocks)
+    bs_mod._flush_filesystem(store.root)  # syncfs itself works here (or falls back to sync)
+
+
+def test_put_remakes_a_shard_removed_behind_its_back(store: Blockstore) -> None:
+    cid, data = raw(b"first")
+    store.put(cid, data)
+    shard = block_path(store, cid).parent
+    block_path(store, cid).unlink()
+    shard.rmdir()                      # the store still believes the shard exists
+    assert store.put(cid, data)
+    assert store.get(cid) == data
+
+
+def test_put_survives_a_leftover_temp_file_of_the_same_name(store: Blockstore,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    cid, data = raw(b"collide")
+    path = block_path(store, cid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seq = 10**9
+    (path.parent / f".tmp-{path.name}.{os.getpid()}.{seq}").write_bytes(b"stale")
+    monkeypatch.setattr(bs_mod, "_tmp_seq", iter([seq]))
+    assert store.put(cid, data)
+    assert store.get(cid) == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 262144, MAX_BLOCK_SIZE])
+def test_read_block_file_sizes(tmp_path: Path, size: int) -> None:
+    f = tmp_path / "b"
+    data = os.urandom(size)
+    f.write_bytes(data)
+    assert bs_mod._read_block_file(f) == data
+
+
+def test_oversize_file_on_disk_is_corrupt(store: Blockstore) -> None:
+    cid, data = raw(b"small")
+    store.put(cid, data)
+    block_path(store, cid).write_bytes(bytes(MAX_BLOCK_SIZE + 5))
+    assert len(bs_mod._read_block_file(block_path(store, cid))) == MAX_BLOCK_SIZE + 1
+    with pytest.raises(CorruptBlock):
+        store.get(cid)
