@@ -391,3 +391,88 @@ def test_sybil_burst(net):
         assert P.rss_kib(t["pid"]) - rss0[t["name"]] < 128 * 1024
     N.alive(net)
     echo_job(net)
+
+
+@pytest.mark.attack("a peer sends malformed protocol messages and foreign deposits")
+def test_malformed_protocol_messages(net):
+    """Garbage on every stream protocol a node serves, and a stranger's deposit/revoke of the AI's
+    shares: each refused with a reason (or the stream closed), no node falls over, jobs still run."""
+    import trio
+
+    from node.dos.service import PROTOCOL as ATTEST
+    from node.provider.service import ENCLAVE_PROTOCOL
+    from node.secrets.service import DEPOSIT_PROTOCOL, SHARE_PROTOCOL
+
+    from . import peers as P
+
+    provider, dos, secrets = node(net, HONEST), node(net, 0), node(net, 3)
+    junk = {
+        "not json": P.frame(b"\xff\xfe{{{"),
+        "huge length": (0xFFFFFFFF).to_bytes(4, "big") + b"x" * 100,
+        "truncated": (1000).to_bytes(4, "big") + b'{"a":',
+        "duplicate keys": P.frame(b'{"request_id": "a", "request_id": "b"}'),
+        "NaN": P.frame(b'{"not_after": NaN}'),
+        "array": P.frame([1, 2, 3]),
+        "empty object": P.frame({}),
+    }
+    targets = [(provider, ENCLAVE_PROTOCOL), (dos, ATTEST), (secrets, SHARE_PROTOCOL), (secrets, DEPOSIT_PROTOCOL)]
+    answers: dict[tuple[str, str], bytes] = {}
+
+    async def main() -> dict:
+        async with P.peer(connect=[t["addr"] for t, _ in targets[:3]]) as p2p:
+            for t, proto in targets:
+                for name, payload in junk.items():
+                    answers[(proto, name)] = await P.raw_exchange(p2p, t["peer_id"], proto, payload, timeout=1.5)
+            # A well-formed request for someone else's job, at the provider.
+            answers[(ENCLAVE_PROTOCOL, "not my job")] = await P.raw_exchange(
+                p2p, provider["peer_id"], ENCLAVE_PROTOCOL, P.frame({"request_id": "f" * 32}))
+            # A stranger replaces the echo AI's share (higher version) and revokes the AI.
+            dep = {"op": "deposit", "ai_cid": net["echo"], "version": 9, "index": 1, "threshold": 2, "n": 3,
+                   "share": "00" * 32, "key_check": "00" * 32}
+            answers[(DEPOSIT_PROTOCOL, "foreign deposit")] = await P.raw_exchange(
+                p2p, secrets["peer_id"], DEPOSIT_PROTOCOL, P.frame(dep))
+            answers[(DEPOSIT_PROTOCOL, "foreign revoke")] = await P.raw_exchange(
+                p2p, secrets["peer_id"], DEPOSIT_PROTOCOL, P.frame({"op": "revoke", "ai_cid": net["echo"]}))
+        return answers
+
+    trio.run(main)
+
+    def reply(key) -> dict | None:
+        raw = answers[key]
+        if len(raw) < 4:
+            return None  # closed without an answer: also a refusal
+        n = int.from_bytes(raw[:4], "big")
+        return json.loads(raw[4:4 + n])
+
+    for proto, name in answers:
+        r = reply((proto, name))
+        assert r is None or r.get("ok") is False, (proto, name, r)
+    assert "no such job" in reply((ENCLAVE_PROTOCOL, "not my job"))["error"]
+    assert "malformed" in reply((ATTEST, "empty object"))["error"]
+    assert reply((SHARE_PROTOCOL, "empty object"))["code"] == "malformed"
+    for k in ("foreign deposit", "foreign revoke"):
+        r = reply((DEPOSIT_PROTOCOL, k))
+        assert r is not None and r["ok"] is False and r.get("error"), (k, r)
+    N.alive(net)
+    echo_job(net)  # the echo AI's shares are intact and releasable
+
+
+def test_nothing_leaked_anywhere(net):
+    """After every attack: no party but the consumer/publisher (node6) holds the AI keys, an input or
+    an output, in any file of its data dir (logs, captures, stores, the attackers' own notes); node6
+    holds them only where it should (its published keys, its job records)."""
+    assert net["inputs"], "no job ran"
+    needles: dict[str, bytes] = {}
+    for name in ("echo", "digits"):
+        needles.update(N.key_needles(f"{name} AI key", ai_key(net, net[name])))
+    for i, (inp, out) in enumerate(zip(net["inputs"], net["outputs"])):
+        needles[f"input {i}"] = inp[len(b"adv-input-"):]
+        needles[f"output {i}"] = out[len(b"RESULT:"):]
+    others = [n["data_dir"] for n in net["nodes"] if n["name"] != f"node{CONSUMER}"]
+    files = list(N.files_under(others))
+    assert len(files) > 50
+    assert N.find_secrets(files, needles) == []
+    consumer = Path(node(net, CONSUMER)["data_dir"])
+    own = list(N.files_under([consumer], skip=[consumer / "ai-keys", consumer / "jobs"]))
+    assert N.find_secrets(own, needles) == []
+    assert not list(Path(net["dir"]).rglob("stolen-keys.txt"))
