@@ -233,9 +233,13 @@ class Consumer:
             # Sim networks: the genesis' sim root makes the same collateral the DOS uses.
             pki = SimPki.load(self.genesis.sim_root_key.encode(), self.genesis.policy.sim_root_ca)
             self._collateral = pki.collateral()
+        policy = self.genesis.policy
         return {"expected_mrenclave": bytes.fromhex(entry.measurement), "nonce": nonce,
-                "root_ca_der": self.genesis.policy.sim_root_ca, "collateral": self._collateral,
-                "expected_cert_sha256": bytes.fromhex(cert_sha256)}
+                "root_ca_der": policy.sim_root_ca, "collateral": self._collateral,
+                "expected_cert_sha256": bytes.fromhex(cert_sha256),
+                # the network's policy, as the DOS peers applied it (advisories are theirs to weigh)
+                "accepted_tcb_statuses": tuple(policy.tcb_statuses) + tuple(policy.tcb_statuses_with_advisories),
+                "allow_debug": policy.allow_debug}
 
     async def _talk(self, request: m.ExecutionRequest, job: JobRecord, provider: str, entry: AclEntry,
                     cert_sha256: str, data: bytes, stage) -> bytes:
