@@ -72,11 +72,11 @@ class Roles:
                 measure = sim_measure.mrenclave
             self.attest = AttestService(node.identity, g, Verifier(g.policy, cache), acl,
                                         lookup=self._lookup, on_attested=self.coordinator.note_attested,
-                                        measure=measure)
+                                        measure=measure, metrics=node.metrics)
         if "secrets" in roles:
             if me not in g.secrets_peers:
                 log.warning("the secrets role is on but the genesis does not list this peer")
-            self.secrets = SecretsService.open(node.identity, g, node.data_dir)
+            self.secrets = SecretsService.open(node.identity, g, node.data_dir, metrics=node.metrics)
             node.gossip.on("market.done", self._on_done)
         if "provider" in roles:
             pc = cfg["provider"]

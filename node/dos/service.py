@@ -184,8 +184,12 @@ class AttestService:
                  lookup: Lookup | None = None, on_attested: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.time, max_ttl: int = 3600, timeout: float = 10.0,
                  max_concurrent: int = 8, prune_interval: float = 60.0, run_collateral_refresh: bool = True,
-                 measure: Callable[[bytes], bytes] | None = None) -> None:
+                 measure: Callable[[bytes], bytes] | None = None, metrics: Any = None) -> None:
         self.identity, self.genesis, self.verifier, self.store = identity, genesis, verifier, store
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.declare("ofnode_dos_attestations_total", "counter",
+                            "Evidence this DOS peer answered, by result (granted, refused).")
         self.measure = measure
         self.lookup, self.on_attested, self.clock = lookup, on_attested, clock
         self.max_ttl, self.timeout, self.prune_interval = max_ttl, timeout, prune_interval
@@ -221,6 +225,8 @@ class AttestService:
     async def handle(self, peer: str, msg: dict[str, Any]) -> dict[str, Any]:
         """Answer one evidence message from ``peer`` (also callable without a network)."""
         answer = await self._decide(peer, msg)
+        if self.metrics is not None:
+            self.metrics.inc("ofnode_dos_attestations_total", result="granted" if answer.get("ok") else "refused")
         if answer.get("ok"):
             self.accepted += 1
         else:

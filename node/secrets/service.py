@@ -80,8 +80,14 @@ class SecretsService:
     """A secrets peer: answers share requests and takes deposits. ``register(host)`` or ``run(host)``."""
 
     def __init__(self, identity: Identity, genesis: Genesis, store: ShareStore, audit: AuditLog, *,
-                 clock: Callable[[], float] = time.time, timeout: float = 10.0, max_concurrent: int = 8) -> None:
+                 clock: Callable[[], float] = time.time, timeout: float = 10.0, max_concurrent: int = 8,
+                 metrics: Any = None) -> None:
         self.identity, self.genesis, self.store, self.audit, self.clock = identity, genesis, store, audit, clock
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.declare("ofnode_secrets_requests_total", "counter",
+                            "Share requests and deposits this secrets peer answered, by kind (share, deposit) "
+                            "and result (ok, or the refusal code).")
         self.releaser = Releaser(identity, genesis, store, audit, clock=clock)
         self.timeout = timeout
         self._limiter = trio.CapacityLimiter(max_concurrent)
@@ -125,10 +131,18 @@ class SecretsService:
 
     # -- handlers (callable without a network) ------------------------------------------
     async def handle_share(self, peer: str, msg: dict[str, Any]) -> dict[str, Any]:
-        return await trio.to_thread.run_sync(self.releaser.decide, peer, msg, limiter=self._limiter)
+        return self._count("share", await trio.to_thread.run_sync(self.releaser.decide, peer, msg,
+                                                                  limiter=self._limiter))
 
     async def handle_deposit(self, peer: str, msg: dict[str, Any]) -> dict[str, Any]:
-        return await trio.to_thread.run_sync(self.deposit_decision, peer, msg, limiter=self._limiter)
+        return self._count("deposit", await trio.to_thread.run_sync(self.deposit_decision, peer, msg,
+                                                                    limiter=self._limiter))
+
+    def _count(self, kind: str, answer: dict[str, Any]) -> dict[str, Any]:
+        if self.metrics is not None:
+            result = "ok" if answer.get("ok") else str(answer.get("code", "refused"))[:32]
+            self.metrics.inc("ofnode_secrets_requests_total", kind=kind, result=result)
+        return answer
 
     def deposit_decision(self, peer: str, msg: Any) -> dict[str, Any]:
         try:

@@ -57,6 +57,20 @@ def test_digit_comes_back_right_with_a_verified_receipt(flow):
     assert again["state"] == "done" and label_of(again) == int(sample.name[0])
 
 
+def test_dos_and_secrets_peers_count_what_they_answered(flow):
+    submit(flow["nodes"][0]["socket"], flow["digits"], SAMPLES[2])
+    granted = released = 0
+    for n in flow["nodes"]:
+        text = call(n["socket"], "metrics.text")
+        for line in text.splitlines():
+            if line.startswith('ofnode_dos_attestations_total{result="granted"}'):
+                granted += float(line.split()[-1])
+            if line.startswith('ofnode_secrets_requests_total{kind="share",result="ok"}'):
+                released += float(line.split()[-1])
+    assert granted >= 2  # both DOS peers signed (quorum of 2 of 2)
+    assert released >= 2  # t = 2 shares per job
+
+
 def test_every_sample_from_another_consumer(flow):
     """A consumer that did not publish the AI: the provider fetches it over Bitswap."""
     for sample in SAMPLES[:4]:
