@@ -29,10 +29,17 @@ async def peer(identity: Identity | None = None, connect: list[str] = ()) -> Asy
     """A running host with a fresh (or given) identity, connected to ``connect`` (multiaddrs with /p2p/)."""
     p2p = P2PHost(identity=identity or Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
                   metrics=node_metrics())
-    async with p2p.running():
-        for addr in connect:
-            assert await p2p.connect_addr(addr), f"could not connect to {addr}"
-        yield p2p
+    try:
+        async with p2p.running():
+            for addr in connect:
+                assert await p2p.connect_addr(addr), f"could not connect to {addr}"
+            yield p2p
+    except* RuntimeError as group:
+        # py-libp2p's shutdown can race its own service nurseries ("Nursery is closed to new
+        # arrivals") while a peer still writes to us: a teardown artefact of the test peer, not an outcome.
+        rest = group.subgroup(lambda e: not (isinstance(e, RuntimeError) and "Nursery is closed" in str(e)))
+        if rest is not None:
+            raise rest from None
 
 
 MESHSUB = "/meshsub/1.1.0"
