@@ -37,7 +37,7 @@ async def peer(identity: Identity | None = None, connect: list[str] = ()) -> Asy
     except* RuntimeError as group:
         # py-libp2p's shutdown can race its own service nurseries ("Nursery is closed to new
         # arrivals") while a peer still writes to us: a teardown artefact of the test peer, not an outcome.
-        rest = group.subgroup(lambda e: not (isinstance(e, RuntimeError) and "Nursery is closed" in str(e)))
+        rest = group.subgroup(lambda e: not isinstance(e, BaseExceptionGroup) and "Nursery is closed" not in str(e))
         if rest is not None:
             raise rest from None
 
