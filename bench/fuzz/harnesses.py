@@ -854,6 +854,11 @@ def channel(data: bytes) -> bool:
         check(b"".join(ch.encode(f.stream, f.kind, f.payload) for f in whole) == data[:sum(9 + len(f.payload)
                                                                                            for f in whole)],
               "frames do not round-trip")
+    try:  # and the input as one control message's payload
+        ctrl = data[:ch.MAX_PAYLOAD]
+        ch.FrameParser().feed(ch.HEADER.pack(0, ch.CTRL, len(ctrl)) + ctrl)
+    except ch.ChannelError:
+        pass
     return bool(whole)
 
 

@@ -64,7 +64,7 @@ def encode_data(stream: int, data: bytes) -> bytes:
 def json_object(payload: bytes, what: str) -> dict:
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ChannelError(f"{what} is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ChannelError(f"{what} is not a JSON object")

@@ -17,7 +17,15 @@ from bench.fuzz import harnesses as H
 
 NAMES = H.names()
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SEEDS = {name: H.get(name).seeds() for name in NAMES}
+
+
+class _Seeds(dict):  # built on first use, not at collection
+    def __missing__(self, name: str) -> list[bytes]:
+        self[name] = H.get(name).seeds()
+        return self[name]
+
+
+SEEDS = _Seeds()
 
 
 @pytest.fixture(autouse=True, scope="module")

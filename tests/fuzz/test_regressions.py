@@ -234,3 +234,15 @@ def test_enclave_job_with_non_finite_numbers_is_malformed(field: str, bad: float
 
     with pytest.raises(main.Failure, match="malformed job"):
         main.Runtime(Chan(), H._scratch(), "sim-host", "/nonexistent").read_job()  # type: ignore[arg-type]
+
+
+# -- the enclave channel: a deeply nested CTRL payload leaked RecursionError from the frame parser --
+def test_deep_control_message_is_a_channel_error() -> None:
+    from enclave.runtime import channel as ch
+
+    deep = b"[" * 50_000
+    frame = ch.HEADER.pack(0, ch.CTRL, len(deep)) + deep
+    with pytest.raises(ch.ChannelError, match="not UTF-8 JSON"):
+        ch.FrameParser().feed(frame)
+    with pytest.raises(ch.ChannelError, match="not UTF-8 JSON"):
+        ch.decode_ctrl(b'{"op":' + deep)
