@@ -229,17 +229,29 @@ async def fetch_rate(x: Exchange, root: Cid, infos: list[PeerInfo], window: int)
     return result.bytes_fetched / dt / 1e6, cpu * 1e3 / mib, loop * 1e3 / mib, server * 1e3 / mib, split
 
 
-async def fetch_once(client: P2PHost, dest: Path, root: Cid, infos: list[PeerInfo], window: int,
+async def fetch_once(x: Exchange, dest: Path, root: Cid, infos: list[PeerInfo], window: int,
                      no_disk: bool) -> tuple[float, float, float, float, str]:
-    x = Exchange(client.host, (DiscardStore if no_disk else Blockstore)(dest), client.metrics)
+    """One fetch into an empty store at ``dest``, by the client's one exchange.
+
+    One exchange for every fetch, as a node has: it remembers what it asked
+    each server, so blocks a server still sends for the previous fetch (its
+    cancels may arrive after it answered) are late duplicates, not junk that
+    would get the server dropped from the next fetch.
+    """
+    x.store = (DiscardStore if no_disk else Blockstore)(dest)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(x.run)
-            out = await fetch_rate(x, root, infos, window)
-            nursery.cancel_scope.cancel()
-        return out
+        return await fetch_rate(x, root, infos, window)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+
+@asynccontextmanager
+async def client_exchange(client: P2PHost, work: Path) -> AsyncIterator[Exchange]:
+    x = Exchange(client.host, Blockstore(work / "client-idle"), client.metrics)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(x.run)
+        yield x
+        nursery.cancel_scope.cancel()
 
 
 def make_source(path: Path, mib: int, seed: int) -> "ImportResult":
@@ -287,18 +299,19 @@ async def run(args: argparse.Namespace) -> None:
             infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in addrs]
             client = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
                              metrics=node_metrics())
-            async with client.running():
+            async with client.running(), AsyncExitStack() as stack:
                 for info in infos:
                     assert await client.connect(info)
                 labels = [("fetch x1", infos[:1])] + ([(many, infos)] if args.peers > 1 else [])
                 figures: dict[str, list[Figure]] = {"stream": []}
                 figures.update({label: [] for label, _ in labels})
+                x = await stack.enter_async_context(client_exchange(client, work))
                 for run_no in range(args.runs):
                     fig = await stream_rate(client, infos[0], args.size * MiB)
                     figures["stream"].append(fig)
                     print(f"run {run_no + 1}: {'stream':10s} {fig[0]:6.1f} MB/s  {cpu_text(*fig[1:])}")
                     for label, peers in labels:
-                        *fig, split = await fetch_once(client, work / f"client-{run_no}-{len(peers)}",
+                        *fig, split = await fetch_once(x, work / f"client-{run_no}-{len(peers)}",
                                                        res.cid, peers, args.window, args.no_disk)
                         figures[label].append(tuple(fig))  # type: ignore[arg-type]
                         print(f"run {run_no + 1}: {label:10s} {fig[0]:6.1f} MB/s  {cpu_text(*fig[1:])}"
@@ -328,13 +341,14 @@ async def throttled(args: argparse.Namespace, work: Path) -> None:
         infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in addrs]
         client = P2PHost(identity=Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
                          metrics=node_metrics())
-        async with client.running():
+        async with client.running(), AsyncExitStack() as stack:
             for info in infos:
                 assert await client.connect(info)
             figures: dict[str, list[Figure]] = {"fetch x1 capped": [], f"{many} capped": []}
+            x = await stack.enter_async_context(client_exchange(client, work))
             for run_no in range(args.runs):
                 for label, peers in (("fetch x1 capped", infos[:1]), (f"{many} capped", infos)):
-                    *fig, split = await fetch_once(client, work / f"capped-{run_no}-{len(peers)}", res.cid,
+                    *fig, split = await fetch_once(x, work / f"capped-{run_no}-{len(peers)}", res.cid,
                                                    peers, args.window, False)
                     figures[label].append(tuple(fig))  # type: ignore[arg-type]
                     print(f"run {run_no + 1}: {label:16s} {fig[0]:6.1f} MB/s  (blocks per peer {split})")
