@@ -82,7 +82,7 @@ def run_one(name: str, seconds: float, workdir: Path, *, timeout_s: int = 10, ma
     t0 = time.monotonic()
     try:
         p = subprocess.run(args, cwd=REPO, capture_output=True, text=True, errors="replace",
-                           timeout=seconds + 120, env={**os.environ, "OFNODE_FUZZ_SCRATCH": str(base / "scratch")})
+                           timeout=2 * seconds + 600, env={**os.environ, "OFNODE_FUZZ_SCRATCH": str(base / "scratch")})
         out = p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")

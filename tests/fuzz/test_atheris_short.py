@@ -24,7 +24,7 @@ def _need_atheris() -> None:
 def _run(tmp_path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
     out = tmp_path / "results.json"
     p = subprocess.run([sys.executable, str(RUN), "--workdir", str(tmp_path / "work"), "--json", str(out), *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=FUZZ_SECONDS + 150,
+                       cwd=REPO, capture_output=True, text=True, timeout=2 * FUZZ_SECONDS + 700,  # a loaded machine is slow to start
                        env={**os.environ, **(env or {})})
     return p, json.loads(out.read_text()) if out.exists() else []
 
