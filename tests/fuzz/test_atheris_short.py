@@ -24,8 +24,8 @@ def _need_atheris() -> None:
 def _run(tmp_path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
     out = tmp_path / "results.json"
     p = subprocess.run([sys.executable, str(RUN), "--workdir", str(tmp_path / "work"), "--json", str(out), *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=2 * FUZZ_SECONDS + 700,  # a loaded machine is slow to start
-                       env={**os.environ, **(env or {})})
+                       cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                       timeout=2 * FUZZ_SECONDS + 700)  # a loaded machine takes minutes to start a short run
     return p, json.loads(out.read_text()) if out.exists() else []
 
 
