@@ -227,6 +227,7 @@ class Blockstore:
         self.pins_path = self.root / _PINS_FILE
         self.lock = threading.RLock()
         self._batch_depth = 0
+        self._batch_wrote = False   # a put inside the current batch wrote something
         self._blocks_str = str(self.blocks_dir)
         self._shards_made: set[str] = set()   # shard directories known to exist
         for d in (self.root, self.blocks_dir, self.quarantine_dir):
@@ -310,6 +311,8 @@ class Blockstore:
                     self._make_shard(shard)
                 try:
                     _write_atomic(path, data, sync=self._batch_depth == 0)
+                    if self._batch_depth:
+                        self._batch_wrote = True
                     break
                 except FileNotFoundError:
                     if attempt == 2:
@@ -342,7 +345,9 @@ class Blockstore:
                 yield
             finally:
                 self._batch_depth -= 1
-                if self._batch_depth == 0:
+                # A batch that wrote nothing (late duplicates only) needs no flush.
+                if self._batch_depth == 0 and self._batch_wrote:
+                    self._batch_wrote = False
                     _flush_filesystem(self.root)
 
     def delete(self, cid: Cid) -> bool:

@@ -333,6 +333,19 @@ def test_batch_puts_are_flushed_once_by_syncfs(store: Blockstore, monkeypatch: p
     bs_mod._flush_filesystem(store.root)  # syncfs itself works here (or falls back to sync)
 
 
+def test_batch_that_writes_nothing_does_not_flush(store: Blockstore, monkeypatch: pytest.MonkeyPatch) -> None:
+    cid, data = raw(b"already here")
+    store.put(cid, data)
+    flushes: list[Path] = []
+    monkeypatch.setattr(bs_mod, "_flush_filesystem", flushes.append)
+    with store.batch():
+        assert not store.put(cid, data)   # present and intact: nothing written
+    assert flushes == []
+    with store.batch():
+        assert store.put(*raw(b"new"))
+    assert flushes == [store.root]
+
+
 def test_put_remakes_a_shard_removed_behind_its_back(store: Blockstore) -> None:
     cid, data = raw(b"first")
     store.put(cid, data)
