@@ -25,10 +25,11 @@ from node.p2p.host import P2PHost
 
 
 @asynccontextmanager
-async def peer(identity: Identity | None = None, connect: list[str] = ()) -> AsyncIterator[P2PHost]:
+async def peer(identity: Identity | None = None, connect: list[str] = (), *,
+               dial_timeout: float = 10.0) -> AsyncIterator[P2PHost]:
     """A running host with a fresh (or given) identity, connected to ``connect`` (multiaddrs with /p2p/)."""
     p2p = P2PHost(identity=identity or Identity.generate(), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[],
-                  metrics=node_metrics())
+                  metrics=node_metrics(), dial_timeout=dial_timeout)
     try:
         async with p2p.running():
             for addr in connect:
