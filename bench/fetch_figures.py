@@ -318,12 +318,18 @@ async def run(args: argparse.Namespace) -> None:
                               f"  (blocks per peer {split})")
         print()
         med = summary(figures)
-        print(f"fetch x1 / stream (rate, same run)      {med['fetch x1'] / med['stream'] * 100:5.1f} %")
+        # Each fetch is compared with the stream measured just before it: under
+        # other jobs' load the rate swings between runs, much less within one.
+        pairs = [f[0] / st[0] * 100 for f, st in zip(figures["fetch x1"], figures["stream"])]
+        print(f"fetch x1 / stream (rate, same run)      {statistics.median(pairs):5.1f} %   runs: "
+              + " ".join(f"{r:.0f} %" for r in pairs))
         print(f"fetch x1 / stream, CPU per byte: client {med['fetch x1 cpu'] / med['stream cpu']:4.2f} x,"
               f" its loop thread {med['fetch x1 loop'] / med['stream loop']:4.2f} x,"
               f" client + server {(med['fetch x1 cpu'] + med['fetch x1 server']) / (med['stream cpu'] + med['stream server']):4.2f} x")
         if args.peers > 1:
-            print(f"{many} / fetch x1 (unthrottled)      {med[many] / med['fetch x1'] * 100:5.1f} %")
+            pairs = [m[0] / one[0] * 100 for m, one in zip(figures[many], figures["fetch x1"])]
+            print(f"{many} / fetch x1 (unthrottled)      {statistics.median(pairs):5.1f} %   runs: "
+                  + " ".join(f"{r:.0f} %" for r in pairs))
         if args.peers > 1 and args.throttled_rate > 0 and not args.server_rate:
             await throttled(args, work)
     finally:
@@ -354,7 +360,9 @@ async def throttled(args: argparse.Namespace, work: Path) -> None:
                     print(f"run {run_no + 1}: {label:16s} {fig[0]:6.1f} MB/s  (blocks per peer {split})")
     print()
     med = summary(figures)
-    print(f"{many} / fetch x1 (capped servers)   {med[f'{many} capped'] / med['fetch x1 capped'] * 100:5.1f} %")
+    pairs = [m[0] / one[0] * 100 for m, one in zip(figures[f"{many} capped"], figures["fetch x1 capped"])]
+    print(f"{many} / fetch x1 (capped servers)   {statistics.median(pairs):5.1f} %   runs: "
+          + " ".join(f"{r:.0f} %" for r in pairs))
 
 
 def main() -> None:
