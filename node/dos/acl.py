@@ -285,11 +285,16 @@ class AclStore:
             return True
 
     def release(self, request_id: str) -> bool:
-        """Forget the entry (the job was reassigned): another enclave may attest for the request."""
+        """Forget the entry (the job was reassigned): another enclave may attest for the request.
+
+        A revoked entry (the job ended) is kept: a reassignment seen after the end is
+        stale (a restarted coordinator replaying an old request), and dropping the
+        tombstone would let the finished request be signed again."""
         with self._lock:
-            rec = self._by_request.pop(request_id, None)
-            if rec is None:
+            rec = self._by_request.get(request_id)
+            if rec is None or rec.revoked:
                 return False
+            del self._by_request[request_id]
             self._by_nonce.pop(rec.nonce, None)
             self._unlink(request_id)
             return True

@@ -168,6 +168,18 @@ def test_release_forgets_the_entry(tmp_path):
     assert store.request_for_nonce("cc" * 32) is None
 
 
+def test_release_keeps_a_tombstone(tmp_path):
+    """Found by tests/chaos: a restarted DOS coordinator replayed a finished request and its
+    reassignment released the tombstone, so the request could be signed again."""
+    store = AclStore(tmp_path)
+    e = entry()
+    store.put(e, "dd" * 32, e.sign(Identity.generate()))
+    store.revoke(e.request_id)
+    assert not store.release(e.request_id)
+    assert AclStore(tmp_path).get(e.request_id).revoked
+    assert store.request_for_nonce("dd" * 32) == e.request_id
+
+
 def test_prune_expired(tmp_path):
     store = AclStore(tmp_path)
     ident = Identity.generate()
