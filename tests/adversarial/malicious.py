@@ -22,6 +22,7 @@ provider  ``tamper_ai``     flip one byte of the encrypted AI fed to the enclave
           ``replay_quote``  present the quote and key of an earlier job (new nonce, then old nonce)
           ``snoop``         keep every share request and sealed answer it relays and try to
                             get or open shares itself (replay, own key, own HPKE key)
+          ``tamper_tls``    flip a bit of the enclave's TLS records on their way to the consumer
           ``forge``         splice the consumer onto a second enclave running the attacker's
                             own AI, and announce that enclave's certificate
 dos       ``bad_sign``      sign every ACL entry with the enclave key hash changed
@@ -198,6 +199,8 @@ def _install_provider(provider: Any) -> None:
         return got
 
     async def splice(consumer: Any, enclave_stream: Any, **kw: Any):
+        if attack() == "tamper_tls":
+            return await real_splice(_Tampering(consumer), enclave_stream, **kw)
         if attack() == "forge" and forged:
             fake = next(iter(forged.values()))
             note("spliced the consumer onto the forged enclave")
@@ -223,6 +226,31 @@ def _install_provider(provider: Any) -> None:
         return await gossip_publish(type_, payload)
 
     provider.gossip = _GossipProxy(provider.gossip, publish)
+
+
+class _Tampering:
+    """The consumer's side of the splice, flipping one bit of the first record the enclave sends
+    after the consumer's second flight (its TLS Finished): the answer, or what precedes it."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._c, self._from_consumer, self._done = consumer, 0, False
+
+    async def receive_some(self, n: int | None = None) -> bytes:
+        data = await self._c.receive_some(n)
+        if data:
+            self._from_consumer += 1
+        return data
+
+    async def send_all(self, data: bytes) -> None:
+        if not self._done and self._from_consumer >= 2 and len(data) > 8:
+            b = bytearray(data)
+            b[-1] ^= 0x01
+            data, self._done = bytes(b), True
+            note("flipped a bit of the enclave's TLS record")
+        await self._c.send_all(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
 
 
 class _GossipProxy:

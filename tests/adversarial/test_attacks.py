@@ -223,6 +223,19 @@ def test_forged_result(net):
     echo_job(net)
 
 
+@pytest.mark.attack("provider tampers with the enclave's answer in transit")
+def test_tampered_answer_in_transit(net):
+    data, job, err, _ = attacked(net, "tamper_tls")
+    assert any(e["event"] == "flipped a bit of the enclave's TLS record" for e in N.adversary_log(node(net, EVIL)))
+    # Stopped by TLS record authentication at the consumer: the altered record breaks the channel,
+    # the answer is never accepted, and the job goes to the next offer, where it is done right.
+    assert err is None, err
+    assert_echo(data, job)
+    assert job["provider"] == node(net, HONEST)["peer_id"] and job["attempts"] == 2
+    lost = N.log_events(node(net, CONSUMER), event="provider lost mid-job", job=job["id"])
+    assert lost and lost[0]["provider"] == node(net, EVIL)["peer_id"]
+
+
 @pytest.mark.attack("consumer sends an oversized input")
 def test_oversized_input(net, tmp_path):
     # Through its own node: refused at the API, before anything leaves the node.
