@@ -212,7 +212,10 @@ class Coordinator:
         await self._watch_attestation(st, a)
 
     def _someone_could(self, req: m.Requirements) -> bool:
-        return why_unmatched(req, self.inventories()).startswith("no provider answered")
+        inv = self.inventories()
+        # Knowing no provider at all (this DOS peer just started and has heard no
+        # announcement yet) is not knowing that none is online: wait for offers.
+        return not inv or why_unmatched(req, inv).startswith("no provider answered")
 
     async def _watch_attestation(self, st: _State, a: m.Assignment) -> None:
         """Reassign if the provider brings up no attested enclave in time."""
