@@ -157,6 +157,12 @@ class RequestInfo:
 Lookup = Callable[[str], "RequestInfo | None | Awaitable[RequestInfo | None]"]
 
 
+def _sim_rooted(verdict: Any) -> bool:
+    """The accepted quote chains to the genesis' sim root (not Intel's): its MRENCLAVE is ofnode's sim measurement."""
+    check = verdict.check("sim_root_allowed")
+    return check is not None and check.ok and check.detail != "Intel SGX root CA"
+
+
 def _refuse(error: str, reasons: list[str] | None = None, checks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": False, "error": error[:500], "reasons": [r[:500] for r in (reasons or [error])][:32]}
     if checks is not None:
@@ -256,7 +262,7 @@ class AttestService:
         checks = [c.to_dict() for c in verdict.checks]
         if not verdict.ok:
             return _refuse(f"attestation refused: {verdict.summary()}", verdict.reasons(), checks)
-        if self.measure is not None:
+        if self.measure is not None and _sim_rooted(verdict):
             problem = await self._measurement_problem(ev, str(verdict.mrenclave))
             if problem:
                 return _refuse(f"attestation refused: {problem}", [problem], checks)

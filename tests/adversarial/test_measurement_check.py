@@ -76,3 +76,17 @@ def test_the_test_adversary_is_refused_off_testnets():
     test = SimpleNamespace(node=SimpleNamespace(genesis=SimpleNamespace(sim_root_key="PEM")))
     with pytest.raises(RuntimeError, match="under tests.adversarial"):
         _load_test_adversary("os", test)
+
+
+def test_only_sim_rooted_quotes_are_measured_by_the_dos():
+    """A real SGX quote (Intel root) on a testnet is judged by the policy's lists, not the sim measurement."""
+    from node.dos.policy import Check
+    from node.dos.service import _sim_rooted
+    from node.dos.verifier import Verdict
+
+    def verdict(detail: str) -> Verdict:
+        return Verdict(ok=True, verified=True, status="UpToDate", advisories=(),
+                       checks=(Check("sim_root_allowed", True, detail),))
+
+    assert not _sim_rooted(verdict("Intel SGX root CA"))
+    assert _sim_rooted(verdict("sim root CA 0123456789abcdef... named by the genesis (testnet: no security)"))
