@@ -72,8 +72,11 @@ def wordcount() -> Sealed:
 
 @pytest.fixture
 def verify_kwargs(pki, collateral):
-    """Keyword arguments for verify_ratls_cert, minus the per-job ones."""
-    return {"root_ca_der": pki.root_cert_der, "collateral": collateral, "now": NOW}
+    """Keyword arguments for verify_ratls_cert, minus the per-job ones.
+
+    ``now`` is the test's own time: certificates are valid from 5 minutes before
+    they are made, and a long suite makes them well after the session's NOW."""
+    return {"root_ca_der": pki.root_cert_der, "collateral": collateral, "now": int(time.time())}
 
 
 def make_job(ai: Sealed, **kw) -> host.Job:
