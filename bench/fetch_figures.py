@@ -49,6 +49,8 @@ from typing import AsyncIterator, Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import multiaddr  # noqa: E402
+
+from bench.results import figure  # noqa: E402
 import trio  # noqa: E402
 from libp2p.custom_types import TProtocol  # noqa: E402
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr  # noqa: E402
@@ -323,6 +325,12 @@ async def run(args: argparse.Namespace) -> None:
         pairs = [f[0] / st[0] * 100 for f, st in zip(figures["fetch x1"], figures["stream"])]
         print(f"fetch x1 / stream (rate, same run)      {statistics.median(pairs):5.1f} %   runs: "
               + " ".join(f"{r:.0f} %" for r in pairs))
+        figure("fetch_rate", statistics.median(r[0] for r in figures["fetch x1"]), "MB/s",
+               label=f"Bitswap fetch of {args.size} MiB from one peer, median of {args.runs}",
+               reference=statistics.median(r[0] for r in figures["stream"]),
+               reference_label="plain libp2p stream of the same bytes", better="higher")
+        figure("fetch_vs_stream", statistics.median(pairs), "%", label="fetch / stream, median of per-run ratios",
+               target=60, better="higher")
         print(f"fetch x1 / stream, CPU per byte: client {med['fetch x1 cpu'] / med['stream cpu']:4.2f} x,"
               f" its loop thread {med['fetch x1 loop'] / med['stream loop']:4.2f} x,"
               f" client + server {(med['fetch x1 cpu'] + med['fetch x1 server']) / (med['stream cpu'] + med['stream server']):4.2f} x")
@@ -330,6 +338,8 @@ async def run(args: argparse.Namespace) -> None:
             pairs = [m[0] / one[0] * 100 for m, one in zip(figures[many], figures["fetch x1"])]
             print(f"{many} / fetch x1 (unthrottled)      {statistics.median(pairs):5.1f} %   runs: "
                   + " ".join(f"{r:.0f} %" for r in pairs))
+            figure("many_vs_one", statistics.median(pairs), "%", label=f"{many} / fetch x1, unthrottled servers",
+                   better="higher")
         if args.peers > 1 and args.throttled_rate > 0 and not args.server_rate:
             await throttled(args, work)
     finally:
@@ -363,6 +373,8 @@ async def throttled(args: argparse.Namespace, work: Path) -> None:
     pairs = [m[0] / one[0] * 100 for m, one in zip(figures[f"{many} capped"], figures["fetch x1 capped"])]
     print(f"{many} / fetch x1 (capped servers)   {statistics.median(pairs):5.1f} %   runs: "
           + " ".join(f"{r:.0f} %" for r in pairs))
+    figure("many_vs_one_capped", statistics.median(pairs), "%",
+           label=f"{many} / fetch x1, servers capped at {args.throttled_rate:g} MB/s", target=100, better="higher")
 
 
 def main() -> None:

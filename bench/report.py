@@ -62,10 +62,11 @@ def benches(soak_minutes: float) -> list[Bench]:
         Bench("enclave", "Enclaves", ["bench/enclave_figures.py", "--backend", "{tag}"], tags=["plain", "sim", "docker"]),
         Bench("sandbox", "Enclaves", ["bench/sandbox_start.py"], ["bench/sandbox_start.py", "10"]),
         Bench("flow", "The whole flow", ["bench/flow_figures.py"], ["bench/flow_figures.py", "--jobs", "20"]),
-        Bench("soak", "Scale and soak", ["bench/soak.py", "--minutes", str(soak_minutes)]),
-        Bench("chaos", "Scale and soak", ["bench/chaos.py", "--minutes", "3"], ["bench/chaos.py", "--minutes", "1"]),
+        Bench("soak", "Scale and soak", ["bench/soak.py", "--minutes", str(soak_minutes),
+                                         "--out", "bench/results/soak-report.json"]),
+        Bench("chaos", "Scale and soak", ["bench/chaos.py", "--minutes", "2"], ["bench/chaos.py", "--minutes", "1"]),
         Bench("attacks", "Adversarial suite", ["bench/attacks.py"]),
-        Bench("fuzz", "Fuzzing", ["bench/fuzz/run.py", "--seconds", "20"], ["bench/fuzz/run.py", "--seconds", "3"]),
+        Bench("fuzz", "Fuzzing", ["bench/fuzz/run.py", "--seconds", "5"], ["bench/fuzz/run.py", "--seconds", "2"]),
     ]
     return [x for x in b if (ROOT / x.argv[0]).exists()]
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 TARGET = Path(__file__).with_name("target.py")
 
 from bench.fuzz import harnesses as H  # noqa: E402
+from bench.results import figure  # noqa: E402
 
 
 @dataclass
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         for c in r.crashes:
             print(f"    replay: python bench/fuzz/run.py --reproduce {n} {c}")
+        figure(f"execs_{n}", r.execs_per_s, "execs/s", label=f"fuzz `{n}`: {r.cov} edges, corpus {r.corpus}"
+               + ("" if r.ok else " — CRASH"), better="higher")
+    figure("harnesses_ok", sum(r.ok for r in results), "", label=f"harnesses without a crash, of {len(results)}",
+           target=len(results), better="higher")
     if a.json:
         a.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     return 0 if all(r.ok for r in results) else 1
