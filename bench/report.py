@@ -64,7 +64,8 @@ def benches(soak_minutes: float) -> list[Bench]:
         Bench("flow", "The whole flow", ["bench/flow_figures.py"], ["bench/flow_figures.py", "--jobs", "20"]),
         Bench("soak", "Scale and soak", ["bench/soak.py", "--minutes", str(soak_minutes),
                                          "--out", "bench/results/soak-report.json"]),
-        Bench("chaos", "Scale and soak", ["bench/chaos.py", "--minutes", "2"], ["bench/chaos.py", "--minutes", "1"]),
+        Bench("chaos", "Scale and soak", ["bench/chaos.py", "--minutes", "2", "--out", "bench/results/chaos-report.json"],
+              ["bench/chaos.py", "--minutes", "1", "--out", "bench/results/chaos-report.json"]),
         Bench("attacks", "Adversarial suite", ["bench/attacks.py"]),
         Bench("fuzz", "Fuzzing", ["bench/fuzz/run.py", "--seconds", "5"], ["bench/fuzz/run.py", "--seconds", "2"]),
     ]
