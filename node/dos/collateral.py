@@ -294,14 +294,15 @@ def _signed_body(text: str, member: str, what: str) -> tuple[str, str]:
 
 
 def _crl_der(body: bytes, what: str) -> bytes:
-    body = body.strip()
-    if body.startswith(b"-----BEGIN"):
+    # Only the text forms are stripped: raw DER may well end in a byte that looks like white space.
+    text = body.strip()
+    if text.startswith(b"-----BEGIN"):
         try:
-            return x509.load_pem_x509_crl(body).public_bytes(Encoding.DER)
+            return x509.load_pem_x509_crl(text).public_bytes(Encoding.DER)
         except (ValueError, x509.InvalidVersion):
             raise CollateralError(f"{what}: not a PEM CRL") from None
-    if re.fullmatch(rb"[0-9a-fA-F]+", body) and len(body) % 2 == 0:
-        return bytes.fromhex(body.decode())
+    if re.fullmatch(rb"[0-9a-fA-F]+", text) and len(text) % 2 == 0:
+        return bytes.fromhex(text.decode())
     return body
 
 

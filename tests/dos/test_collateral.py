@@ -288,3 +288,23 @@ async def test_offline_cache_refuses_refresh(tmp_path):
     cache = CollateralCache(tmp_path)
     with pytest.raises(CollateralError, match="no PCCS URL"):
         await cache.refresh("platform", "00606A000000")
+
+
+def test_der_crl_ending_in_a_whitespace_byte_is_kept_whole() -> None:
+    """A raw DER CRL whose signature ends in 0x20/0x0a/... was stripped and refused (seen in CI)."""
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from node.dos.collateral import _crl_der, _crl_next_update
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (cx509.CertificateRevocationListBuilder()
+               .issuer_name(cx509.Name([cx509.NameAttribute(cx509.oid.NameOID.COMMON_NAME, "test")]))
+               .last_update(now).next_update(now + dt.timedelta(days=1)))
+    # ECDSA signatures are random: about 6 in 256 end in such a byte; 1000 tries miss with p < 1e-10
+    crls = (builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER) for _ in range(1000))
+    der = next(d for d in crls if d[-1:].isspace())
+    assert _crl_der(der, "pckcrl") == der
+    assert _crl_next_update(_crl_der(der, "pckcrl"), "pckcrl") > 0
