@@ -217,7 +217,7 @@ class Chaos:
                  minutes: float | None = None, concurrency: int = 3, kill_gap_s: tuple[float, float] = (3.0, 7.0),
                  down_s: tuple[float, float] = (1.0, 4.0), warmup_s: float = 2.0, deadline_s: float = 60.0,
                  max_dead_dos: int = 1, min_providers_alive: int = 1, restart_budget_s: float = 10.0,
-                 say: Callable[[str], None] = print) -> None:
+                 min_kills: int = 3, say: Callable[[str], None] = print) -> None:
         if jobs is None and minutes is None:
             raise ValueError("give jobs or minutes")
         self.dir, self.seed = Path(directory), seed
@@ -228,6 +228,9 @@ class Chaos:
         self.max_dead = {"dos": min(max_dead_dos, dos - dos_quorum), "secrets": secrets - secrets_threshold,
                          "provider": providers - min_providers_alive}
         self.restart_budget = restart_budget_s
+        # A fast machine finishes `jobs` before the first kills: the stream then goes on
+        # (up to 5x the jobs) until `min_kills` kills have happened, so chaos is never skipped.
+        self.min_kills = min_kills
         self._say = say
         self.report = Report(seed=seed, nodes=nodes)
         self.state: dict[str, Any] = {}
@@ -441,7 +444,8 @@ class Chaos:
     def _worker(self, plan: Any, plan_lock: threading.Lock, end_at: float | None) -> None:
         while not self._stop.is_set():
             with plan_lock:
-                if self.n_jobs is not None and len(self.report.jobs) >= self.n_jobs:
+                if self.n_jobs is not None and len(self.report.jobs) >= self.n_jobs and (
+                        len(self.report.kills) >= self.min_kills or len(self.report.jobs) >= 5 * self.n_jobs):
                     return
                 if end_at is not None and self.now() >= end_at:
                     return
@@ -650,6 +654,15 @@ class Chaos:
         # The network still works: one more job, from a node that was killed if any.
         victim = rep.kills[-1].victim if rep.kills else 0
         sample = SAMPLES[7]
+        # First the gossip mesh must have healed around the restarts (GossipSub re-grafts on its
+        # 1 s heartbeat): a note from the victim reaches every node. Waited on, not slept.
+        t_heal = time.monotonic()
+        note = call(self.nodes[victim]["socket"], "gossip.publish", {"text": "chaos over"})["id"]
+        reached = sum(call(n["socket"], "gossip.wait", {"id": note, "timeout": 30}, timeout=40)["received"]
+                      for n in self.nodes)
+        rep.checks["gossip_healed_s"] = round(time.monotonic() - t_heal, 2)
+        if reached < len(self.nodes):
+            v.append(f"gossip from node{victim} reached {reached} of {len(self.nodes)} nodes within 30 s")
         try:
             res = call(self.nodes[victim]["socket"], "job.submit",
                        {"ai_cid": self.cid, "input_path": str(sample), "deadline_s": self.deadline},

@@ -65,6 +65,10 @@ def _restart(net: dict, node: dict) -> None:
     node["pid"] = proc.pid
     others = [n["peer_id"] for n in net["nodes"] if n is not node]
     assert call(node["socket"], "node.wait_peers", {"peers": others, "timeout": 30}, timeout=40)["ok"]
+    # Connected is not yet meshed: wait until a note from it reaches every node (GossipSub grafts on its heartbeat).
+    note = call(node["socket"], "gossip.publish", {"text": "back"})["id"]
+    for n in net["nodes"]:
+        assert call(n["socket"], "gossip.wait", {"id": note, "timeout": 30}, timeout=40)["received"], n["name"]
 
 
 def test_provider_killed_mid_job_finishes_on_the_other(net, tmp_path):
