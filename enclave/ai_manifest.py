@@ -38,6 +38,7 @@ __all__ = [
     "parse_manifest",
     "load_manifest",
     "parse_size",
+    "toml_string",
     "relpath_problem",
     "python_entry_candidates",
     "hash_file",
@@ -330,11 +331,11 @@ def format_files_table(hashes: Mapping[str, str]) -> str:
     """Render a ``[files]`` TOML table (for tools that write ``ai.toml``)."""
     lines = ["[files]"]
     for path in sorted(hashes):
-        lines.append(f"{_toml_string(path)} = {_toml_string(hashes[path])}")
+        lines.append(f"{toml_string(path)} = {toml_string(hashes[path])}")
     return "\n".join(lines) + "\n"
 
 
-def _toml_string(s: str) -> str:
+def toml_string(s: str) -> str:
     """A TOML basic string literal for ``s``."""
     out = ['"']
     for ch in s:
@@ -548,7 +549,7 @@ def _parse_onnx_io(t: dict[str, Any]) -> OnnxIo:
 def _parse_files(t: dict[str, Any]) -> dict[str, str]:
     files: dict[str, str] = {}
     for path, digest in t.items():
-        key = f"files.{_toml_string(path)}"
+        key = f"files.{toml_string(path)}"
         problem = relpath_problem(path)
         if problem:
             raise ManifestError(key, f"path {problem}")

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave import measure
-from enclave.ai_manifest import Resources
+from enclave.ai_manifest import Resources, toml_string
 
 __all__ = [
     "CHANNEL_ENV",
@@ -314,18 +314,6 @@ def enclave_argv(layout: RuntimeLayout, quote_source: str) -> list[str]:
             "--quote-source", quote_source]
 
 
-def _toml_string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out) + '"'
-
-
 def variables(limits: Limits, layout: RuntimeLayout, *, quote_source: str,
               env: Mapping[str, str] | None = None, files: Sequence[TrustedFile] | None = None) -> dict[str, Any]:
     """The stage-1 variables; ``files`` defaults to hashing :func:`runtime_files`."""
@@ -366,8 +354,8 @@ def _jinja_env(**globals_: Any):
 
     # The settings gramine-manifest uses (graminelibos.gen_jinja_env): TOML, not HTML.
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    env.filters["toml_string"] = _toml_string
-    env.filters["toml_array"] = lambda items: "[" + ", ".join(_toml_string(str(i)) for i in items) + "]"
+    env.filters["toml_string"] = toml_string
+    env.filters["toml_array"] = lambda items: "[" + ", ".join(toml_string(str(i)) for i in items) + "]"
     env.globals.update(globals_)
     return env
 

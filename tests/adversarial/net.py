@@ -19,6 +19,7 @@ from typing import Any
 
 from node import testnet
 from node.api.client import call
+from tests.helpers.python_ai import make_python_ai
 
 REPO = Path(__file__).resolve().parents[2]
 ADVERSARY = "tests.adversarial.malicious"
@@ -30,15 +31,7 @@ ECHO_AI = '''def run(data: bytes) -> bytes:
 
 
 def make_echo_ai(root: Path) -> Path:
-    from enclave.ai_manifest import format_files_table, hash_tree
-
-    root.mkdir()
-    (root / "echo.py").write_text(ECHO_AI)
-    head = ('name = "adv-echo"\nversion = "1.0.0"\nruntime = "python"\nentry = "echo:run"\n\n'
-            '[resources]\ncpu = 1\nmemory = "256MiB"\nenclave_size = "512MiB"\nthreads = 1\n\n'
-            '[io]\ninput = "bytes"\noutput = "bytes"\n\n')
-    (root / "ai.toml").write_text(head + format_files_table(hash_tree(root)))
-    return root
+    return make_python_ai(root, "adv-echo", "echo", ECHO_AI)
 
 
 def up(directory: Path) -> dict[str, Any]:

@@ -306,9 +306,9 @@ def err_key(path: str) -> str:
     import tomllib
 
     real = tomllib.loads(f'"{path}" = 1').popitem()[0]
-    from enclave.ai_manifest import _toml_string
+    from enclave.ai_manifest import toml_string
 
-    return f"files.{_toml_string(real)}"
+    return f"files.{toml_string(real)}"
 
 
 @pytest.mark.parametrize("digest", [

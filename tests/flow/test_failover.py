@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from enclave.ai_manifest import format_files_table, hash_tree
 from node import testnet
 from node.api.client import ApiClient, call
 from node.market.election import dos_ranking
+from tests.helpers.python_ai import make_python_ai
 
 from ..node.conftest import start_daemon
 
@@ -30,13 +30,7 @@ def run(data: bytes) -> bytes:
 
 
 def make_slow_ai(root: Path) -> Path:
-    root.mkdir()
-    (root / "slow.py").write_text(SLOW_AI)
-    head = ('name = "slow-echo"\nversion = "1.0.0"\nruntime = "python"\nentry = "slow:run"\n\n'
-            '[resources]\ncpu = 1\nmemory = "256MiB"\nenclave_size = "512MiB"\nthreads = 1\n\n'
-            '[io]\ninput = "bytes"\noutput = "bytes"\n\n')
-    (root / "ai.toml").write_text(head + format_files_table(hash_tree(root)))
-    return root
+    return make_python_ai(root, "slow-echo", "slow", SLOW_AI)
 
 
 @pytest.fixture(scope="module")
