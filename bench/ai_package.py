@@ -19,10 +19,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from enclave.ai_manifest import hash_tree
-from enclave.package import decrypt_stream, encrypt_stream, new_key, pack, seal_dir, unpack
+import sys
 
-from bench.results import figure
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from enclave.ai_manifest import hash_tree  # noqa: E402
+from enclave.package import decrypt_stream, encrypt_stream, new_key, pack, seal_dir, unpack  # noqa: E402
+
+from bench.results import figure  # noqa: E402
 
 TARGET_MBS = 200.0
 

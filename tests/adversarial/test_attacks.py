@@ -108,9 +108,15 @@ def honest_again(net):
 
 def test_baseline_the_undercutting_provider_gets_the_jobs(net):
     """While honest, node8 (price 0) serves like anyone; its evidence is what the replay attack reuses."""
-    data, job, err, _ = attacked(net, "none")
-    assert err is None and job["provider"] == node(net, EVIL)["peer_id"] and job["attempts"] == 1
-    assert_echo(data, job)
+    # Honest node8 can still lose an attempt to timing (a slow enclave start under load): then the
+    # job is reassigned and done elsewhere, as it should be; try again until node8 served one itself.
+    for _ in range(4):
+        data, job, err, _ = attacked(net, "none")
+        assert err is None, err
+        assert_echo(data, job)
+        if job["provider"] == node(net, EVIL)["peer_id"] and job["attempts"] == 1:
+            return
+    pytest.fail(f"honest node8 never served a job itself: last {job['provider']}, {job['attempts']} attempts")
 
 
 def releases_for(net, request_id: str) -> list[dict]:
