@@ -269,7 +269,8 @@ def main() -> int:
                 label = f"{b.name}[{tag}]" if tag else b.name
                 res = OUT_DIR / f"{label}.jsonl"
                 if res.exists():
-                    status[label] = "ok (earlier run)"
+                    when = dt.datetime.fromtimestamp(res.stat().st_mtime, dt.UTC).strftime("%H:%M UTC")
+                    status[label] = f"ok (run at {when})"
                     for line in res.read_text().splitlines():
                         r = json.loads(line)
                         r["run"], r["tag"], r["section"] = b.name, tag, b.section
@@ -283,7 +284,7 @@ def main() -> int:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(out)
-    print(f"wrote {out} ({len(records)} records; {sum(s != 'ok' for s in status.values())} benchmark(s) not ok)")
+    print(f"wrote {out} ({len(records)} records; {sum(not s.startswith('ok') for s in status.values())} benchmark(s) not ok)")
     return 0 if all(s.startswith("ok") for s in status.values()) else 1
 
 
