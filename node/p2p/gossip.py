@@ -36,6 +36,7 @@ from .ratelimit import PeerLimiter, SeenSet, TokenBucket
 log = logging.getLogger("ofnode.gossip")
 
 RATE_LIMITED = "rate_limited"
+PENDING_TTL_S = 3.0
 Handler = Callable[[SignedMessage], Awaitable[None]]
 
 
@@ -58,6 +59,11 @@ class Gossip:
             heartbeat_initial_delay=0.1,
             heartbeat_interval=cfg["heartbeat_interval"],
             spam_protection_enabled=False,
+            # py-libp2p queues messages for a disconnected peer and flushes them
+            # when it reconnects (30 s by default): a restarted node then got
+            # market requests that had long finished. Keep only the connection
+            # set-up race this queue exists for.
+            pending_messages_ttl=PENDING_TTL_S,
         )
         self.pubsub = Pubsub(p2p.host, self.router, max_inbound_rpc_size=cfg["max_message_bytes"] * 4 + 4096)
         self.pubsub.set_topic_validator(self.topic, self._validate, is_async_validator=False)
