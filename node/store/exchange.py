@@ -44,6 +44,7 @@ from libp2p.peer.id import ID
 from enclave.cid import DAG_PB, RAW, SHA2_256, Cid, CidError, VarintError, decode_uvarint, encode_uvarint
 
 from ..metrics import Metrics
+from ..p2p import libp2p_patches  # noqa: F401  (yamux/noise throughput, applied at import)
 from . import bitswap_pb2 as pb
 from .blockstore import MAX_BLOCK_SIZE, Blockstore, BlockNotFound, BlockstoreError, CorruptBlock
 
