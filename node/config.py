@@ -82,7 +82,8 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
             "gossip.heartbeat_interval", "gossip.max_message_bytes", "gossip.max_age", "gossip.max_future",
             "gossip.peer_rate", "gossip.peer_burst", "gossip.publish_rate", "gossip.dedupe_window",
             "gossip.announce_interval", "api.max_request_bytes", "api.max_connections",
-            "market.bidding_ms", "market.grace_ms", "market.attest_s", "market.deadline_s", "provider.price",
+            "market.bidding_ms", "market.grace_ms", "market.attest_s", "market.deadline_s",
+            "market.late_s", "market.republish_s", "provider.price",
         )
     },
 }

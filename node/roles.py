@@ -13,7 +13,9 @@ from .dos.acl import AclStore
 from .dos.collateral import CollateralCache, parse_collateral
 from .dos.service import AttestService, RequestInfo
 from .dos.verifier import Verifier
+from .fsutil import private_dir
 from .market.coordinator import Coordinator
+from .market.ledger import RequestLedger
 from .provider.service import ProviderService
 from .secrets.service import SecretsService
 
@@ -60,9 +62,14 @@ class Roles:
                 cache.put(parse_collateral(pki.collateral_dict()), force=True)
             mk = cfg["market"]
             acl = AclStore(node.data_dir / "acl")
+            gc = cfg["gossip"]
+            ledger = RequestLedger(private_dir(node.data_dir / "market") / "requests.jsonl",
+                                   replay_window_ms=int((gc["max_age"] + gc["max_future"]) * 1000))
             self.coordinator = Coordinator(node.gossip, me, g.dos_peers, self._inventories,
                                            grace_ms=mk["grace_ms"], attest_ms=int(mk["attest_s"] * 1000),
-                                           on_reassign=acl.release)
+                                           late_ms=int(mk["late_s"] * 1000), ledger=ledger,
+                                           on_reassign=acl.release,
+                                           on_finished=lambda rid, by: acl.revoke(rid, consumer=by or None))
             measure = None
             if g.sim_root_key:
                 # Sim networks: the measurement is ofnode's own (enclave/measure.py),
@@ -120,7 +127,7 @@ class Roles:
     def _lookup(self, request_id: str) -> RequestInfo | None:
         assert self.coordinator is not None
         st = self.coordinator.requests.get(request_id)
-        if st is None:
-            return None
-        return RequestInfo(nonce=bytes.fromhex(st.req.nonce), ai_cid=st.req.ai_cid, consumer=st.consumer,
+        if st is None or (st.following and st.assignment is None):
+            return None  # unknown, or seen too late to know whom it was given to
+        return RequestInfo(ended=st.finished, nonce=bytes.fromhex(st.req.nonce), ai_cid=st.req.ai_cid, consumer=st.consumer,
                            provider=st.assignment.provider if st.assignment else None)

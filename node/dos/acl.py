@@ -272,11 +272,14 @@ class AclStore:
             self._index(rec)
         return rec
 
-    def revoke(self, request_id: str) -> bool:
-        """The job ended: the entry stays as a tombstone (never signed again) until it expires."""
+    def revoke(self, request_id: str, *, consumer: str | None = None) -> bool:
+        """The job ended: the entry stays as a tombstone (never signed again) until it expires.
+
+        ``consumer``: only revoke if the entry is that consumer's (the end was
+        announced by a peer the request's record does not name)."""
         with self._lock:
             rec = self._by_request.get(request_id)
-            if rec is None or rec.revoked:
+            if rec is None or rec.revoked or (consumer is not None and rec.entry.consumer != consumer):
                 return False
             rec = StoredAcl(entry=rec.entry, nonce=rec.nonce, signature=rec.signature, revoked=True,
                             signed_at=rec.signed_at, provider=rec.provider)

@@ -152,6 +152,7 @@ class RequestInfo:
     ai_cid: str
     consumer: str
     provider: str | None = None  # the assigned provider, if any
+    ended: bool = False  # its consumer said done, or it failed: no enclave is attested for it again
 
 
 Lookup = Callable[[str], "RequestInfo | None | Awaitable[RequestInfo | None]"]
@@ -311,6 +312,8 @@ class AttestService:
             info = await info
         if info is None:
             return f"unknown request {ev.request_id}"
+        if info.ended:
+            return f"request {ev.request_id} has ended"
         if bytes(info.nonce) != ev.nonce:
             return "the nonce is not this request's nonce (replayed or stale evidence)"
         if info.ai_cid != ev.ai_cid:

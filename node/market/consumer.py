@@ -62,8 +62,10 @@ class _Watch:
 
 
 class Consumer:
-    def __init__(self, *, identity: Identity, genesis: Genesis, gossip: Gossip, host: Any, jobs: JobStore) -> None:
+    def __init__(self, *, identity: Identity, genesis: Genesis, gossip: Gossip, host: Any, jobs: JobStore,
+                 republish_s: float = 10.0) -> None:
         self.identity, self.genesis, self.gossip, self.host, self.jobs = identity, genesis, gossip, host, jobs
+        self.republish_s = republish_s
         self._watches: dict[str, _Watch] = {}
         self._collateral: Any = None
         gossip.on(m.ASSIGNMENT, self._on_assignment)
@@ -167,7 +169,8 @@ class Consumer:
     async def _run(self, request: m.ExecutionRequest, job: JobRecord, w: _Watch, data: bytes, stage) -> bytes:
         attempt = 0
         while True:
-            a = await self._wait(w, lambda: w.assignments.get(attempt))
+            a = await self._first_assignment(request, w) if attempt == 0 else \
+                await self._wait(w, lambda: w.assignments.get(attempt))
             job.provider, job.attempts = a.provider, attempt + 1
             await stage("assigned", provider=a.provider, attempt=attempt)
             att = await self._wait(w, lambda: w.attested.get((attempt, a.provider))
@@ -204,6 +207,18 @@ class Consumer:
                          extra={"job": job.id, "provider": a.provider, "error": str(e)[:200]})
                 await self.gossip.publish(m.RETRY, m.encode(m.Retry(request.id, a.provider, attempt)))
                 attempt += 1
+
+    async def _first_assignment(self, request: m.ExecutionRequest, w: _Watch) -> m.Assignment:
+        """Wait for attempt 0's assignment, sending the request again while none comes.
+
+        A DOS peer that missed the request (down, or its gossip mesh not yet
+        healed) only follows a copy that reaches it late; a fresh copy from its
+        consumer lets it act."""
+        while True:
+            with trio.move_on_after(self.republish_s):
+                return await self._wait(w, lambda: w.assignments.get(0))
+            log.info("no assignment yet; sending the request again", extra={"job": request.id})
+            await self.gossip.publish(m.REQUEST, m.encode(request))
 
     async def _wait(self, w: _Watch, get: Callable[[], Any]) -> Any:
         while True:

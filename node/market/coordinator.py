@@ -7,6 +7,14 @@ later. A provider that has not brought up an attested enclave by its
 ``attest_by`` deadline, or that the consumer reports dead (``market.retry``),
 loses the job to the next-best offer (a new attempt). A request nobody can
 match fails at the end of the bidding window, with the reason.
+
+Replays: a request envelope stays acceptable for ``gossip.max_age``, so the
+same request can arrive again (after a restart, or from an attacker). Every
+request, assignment and end is kept in a :class:`~.ledger.RequestLedger`, so a
+restarted peer resumes its view instead of coordinating a finished request
+afresh; a request past its deadline is ignored; and a request first seen after
+its bidding window (this peer was down or cut off) is followed, not assigned,
+unless its consumer sends it again (it republishes when no assignment comes).
 """
 from __future__ import annotations
 
@@ -20,10 +28,12 @@ from ..p2p.envelope import SignedMessage, now_ms
 from ..p2p.gossip import Gossip
 from . import messages as m
 from .election import best_offer, coordinator_rank, dos_ranking, why_unmatched
+from .ledger import RequestLedger
 
 log = logging.getLogger("ofnode.market")
 
 QUEUED_JOB_MS = 2000  # attestation time granted per job queued ahead at the provider
+START_SLACK_MS = 2000  # clock skew tolerated when comparing a request's time with this peer's start
 
 
 @dataclass
@@ -39,6 +49,7 @@ class _State:
     offered: trio.Event = field(default_factory=trio.Event)
     assigner_rank: int = 1 << 30
     finished: bool = False
+    following: bool = False  # seen too late (or restored): this peer does not assign attempt 0
 
     def seen(self, attempt: int) -> trio.Event:
         return self.assigned.setdefault(attempt, trio.Event())
@@ -47,14 +58,21 @@ class _State:
 class Coordinator:
     def __init__(self, gossip: Gossip, my_id: str, dos_peers: tuple[str, ...], inventories: Callable[[], dict[str, dict]],
                  *, grace_ms: int = 1000, attest_ms: int = 30_000, max_requests: int = 10_000,
-                 on_reassign: Callable[[str], None] | None = None) -> None:
+                 late_ms: int = 20_000, ledger: RequestLedger | None = None,
+                 on_reassign: Callable[[str], None] | None = None,
+                 on_finished: Callable[[str, str], None] | None = None) -> None:
         self.gossip, self.my_id, self.dos_peers = gossip, my_id, dos_peers
         self.inventories = inventories
         self.grace_ms, self.attest_ms, self.max_requests = grace_ms, attest_ms, max_requests
+        self.late_ms = late_ms  # beyond the bidding window and every rank's grace period
         self.patience = 40  # extra bidding windows granted when a matching provider is known
         self.requests: dict[str, _State] = {}
+        self.ledger = ledger
         self.on_reassign = on_reassign  # frees the request's ACL slot for the next provider's enclave
+        self.on_finished = on_finished  # (request id, ending peer or "" for a DOS failure): no more ACL entries
         self._nursery: trio.Nursery | None = None
+        self.started_ms = now_ms()
+        self._restore()
         gossip.on(m.REQUEST, self._on_request)
         gossip.on(m.OFFER, self._on_offer)
         gossip.on(m.ASSIGNMENT, self._on_assignment)
@@ -62,6 +80,22 @@ class Coordinator:
         gossip.on(m.DONE, self._on_done)
         gossip.on(m.FAILED, self._on_failed)
         gossip.on(m.DECLINE, self._on_decline)
+
+    def _restore(self) -> None:
+        """Resume the view this peer had before a restart (followed: the others went on meanwhile)."""
+        if self.ledger is None:
+            return
+        for e in self.ledger.entries():
+            if e.request is None:
+                continue
+            st = _State(e.request, e.consumer, e.received_ms, assignment=e.assignment, assigner_rank=e.assigner_rank,
+                        finished=e.ended_by in ("", e.consumer), following=True)
+            if e.assignment is not None:
+                st.seen(e.assignment.attempt).set()
+            self.requests[e.request_id] = st
+        if self.requests:
+            log.info("market requests restored", extra={"requests": len(self.requests),
+                                                        "open": sum(not s.finished for s in self.requests.values())})
 
     async def run(self) -> None:
         async with trio.open_nursery() as n:
@@ -82,11 +116,69 @@ class Coordinator:
         except m.MessageError as e:
             log.info("bad request dropped", extra={"sender": msg.sender, "error": str(e)})
             return
-        if req.id in self.requests or len(self.requests) >= self.max_requests:
+        now = now_ms()
+        # Late: made while this peer was down (it missed the bidding and any
+        # assignment), or first seen long after its bidding window.
+        late = msg.timestamp_ms < self.started_ms - START_SLACK_MS or \
+            now - msg.timestamp_ms > req.bidding_ms + len(self.dos_peers) * self.grace_ms + self.late_ms
+        st = self.requests.get(req.id)
+        if st is not None:
+            # Its consumer sent it again because no assignment came (a peer that
+            # only followed it may act now); any other copy is a duplicate.
+            if st.following and st.assignment is None and not st.finished and not late \
+                    and msg.sender == st.consumer and now < req.deadline_ms and req == st.req:
+                st.following, st.received_ms = False, now
+                log.info("request sent again by its consumer; coordinating", extra={"request": req.id})
+                self._start(st)
+            elif st.finished and msg.sender == st.consumer:
+                log.info("request that already ended ignored", extra={"request": req.id})
             return
-        st = self.requests[req.id] = _State(req, msg.sender, now_ms())
+        if now >= req.deadline_ms:
+            log.info("request past its deadline ignored", extra={"request": req.id, "sender": msg.sender})
+            return
+        ended = self.ledger.get(req.id) if self.ledger else None
+        if ended is not None and ended.ended_by in ("", msg.sender):
+            log.info("request that already ended ignored", extra={"request": req.id})
+            return
+        if len(self.requests) >= self.max_requests:
+            self._prune(now)
+            if len(self.requests) >= self.max_requests:
+                return
+        st = self.requests[req.id] = _State(req, msg.sender, now, following=late)
+        if self.ledger is not None:
+            self.ledger.record_request(req, msg.sender, now, late=late)
+        if late:
+            log.info("request first seen after its bidding window; following, not assigning",
+                     extra={"request": req.id, "age_ms": now - msg.timestamp_ms})
+            return
+        self._start(st)
+
+    def _start(self, st: _State) -> None:
         if self._nursery:
             self._nursery.start_soon(self._coordinate, st, 0, ())
+
+    def _prune(self, now: int) -> None:
+        """Forget requests whose deadline (and replay window) has passed."""
+        keep = self.ledger.replay_window_ms if self.ledger else 130_000
+        for rid in [rid for rid, st in self.requests.items() if st.req.deadline_ms + keep <= now]:
+            del self.requests[rid]
+        if self.ledger is not None:
+            self.ledger.prune(now)
+
+    async def _end(self, st: _State | None, request_id: str, by: str) -> None:
+        """Record that a request ended (durably: a replay after a restart must find it ended)."""
+        if st is not None:
+            st.finished = True
+            for ev in st.assigned.values():
+                ev.set()
+        if self.ledger is not None:
+            self.ledger.record_end(request_id, by)
+            await trio.to_thread.run_sync(self.ledger.sync)
+        if self.on_finished is not None:
+            try:
+                self.on_finished(request_id, by)
+            except Exception:
+                log.exception("on_finished callback failed", extra={"request": request_id})
 
     async def _on_offer(self, msg: SignedMessage) -> None:
         try:
@@ -107,8 +199,8 @@ class Coordinator:
         except m.MessageError:
             return
         st = self.requests.get(a.request_id)
-        if st is None:
-            return
+        if st is None or st.finished:
+            return  # an assignment for an ended request is stale (a replay): nothing to switch to
         rank = coordinator_rank(a.request_id, self.dos_peers, msg.sender)
         cur = st.assignment
         # Two DOS peers may both assign one attempt (a takeover racing a slow
@@ -118,6 +210,8 @@ class Coordinator:
             if a.attempt > 0 and self.on_reassign and (cur is None or a.attempt > cur.attempt):
                 self.on_reassign(a.request_id)
             st.assignment, st.assigner_rank = a, rank
+            if self.ledger is not None:
+                self.ledger.record_assignment(a, rank)
         st.seen(a.attempt).set()
 
     async def _on_retry(self, msg: SignedMessage) -> None:
@@ -153,8 +247,12 @@ class Coordinator:
         except m.MessageError:
             return
         st = self.requests.get(d.request_id)
-        if st and msg.sender == st.consumer:
-            st.finished = True
+        if st is None:
+            # Unknown here (this peer was down): remember the end, tied to its
+            # sender, so the request cannot start later from a replay of it.
+            await self._end(None, d.request_id, msg.sender)
+        elif msg.sender == st.consumer and not st.finished:
+            await self._end(st, d.request_id, msg.sender)
 
     async def _on_failed(self, msg: SignedMessage) -> None:
         if msg.sender not in self.dos_peers:
@@ -164,10 +262,8 @@ class Coordinator:
         except m.MessageError:
             return
         st = self.requests.get(f.request_id)
-        if st:
-            st.finished = True
-            for ev in st.assigned.values():
-                ev.set()
+        if st is None or not st.finished:
+            await self._end(st, f.request_id, "")
 
     # -- the decision ------------------------------------------------------
     async def _coordinate(self, st: _State, attempt: int, excluded: tuple[str, ...]) -> None:
@@ -195,7 +291,7 @@ class Coordinator:
         if provider is None:
             reason = why_unmatched(st.req.requirements, self.inventories()) if attempt == 0 else \
                 f"no other provider left after {attempt} failed attempt(s)"
-            st.finished = True
+            await self._end(st, st.req.id, "")
             log.info("request unmatched", extra={"request": st.req.id, "reason": reason})
             await self.gossip.publish(m.FAILED, m.encode(m.Failed(st.req.id, reason)))
             return
@@ -205,6 +301,8 @@ class Coordinator:
         queued = st.offers[provider].load if provider in st.offers else 0
         a = m.Assignment(st.req.id, provider, attempt, now_ms() + self.attest_ms + queued * QUEUED_JOB_MS, excluded)
         st.assignment, st.assigner_rank = a, rank
+        if self.ledger is not None:
+            self.ledger.record_assignment(a, rank)
         st.seen(attempt).set()
         log.info("request assigned", extra={"request": st.req.id, "provider": provider, "attempt": attempt,
                                             "rank": rank, "offers": len(st.offers)})

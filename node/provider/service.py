@@ -85,6 +85,7 @@ class ProviderService:
         self.requests: dict[str, tuple[m.ExecutionRequest, str]] = {}
         self.jobs: dict[str, ActiveJob] = {}
         self._best_rank: dict[tuple[str, int], int] = {}
+        self._ended: dict[str, None] = {}  # requests their consumer said done (insertion-ordered, bounded)
         self.relay_capture = relay_capture
         self._qe: SimQuotingEnclave | None = None
         self._nursery: trio.Nursery | None = None
@@ -149,6 +150,9 @@ class ProviderService:
             req = m.ExecutionRequest.parse(m.decode(msg.payload))
         except m.MessageError:
             return
+        if now_ms() >= req.deadline_ms or req.id in self._ended:
+            self.metrics.inc("ofnode_provider_declined_total", reason="ended")
+            return  # a late copy or a replay: its consumer has given up or is done
         self.requests[req.id] = (req, msg.sender)
         if len(self.requests) > 10_000:
             self.requests.pop(next(iter(self.requests)))
@@ -191,7 +195,7 @@ class ProviderService:
             existing.error = "a better-ranked DOS peer gave this attempt to another provider"
             existing.cancel.cancel()
             return
-        if a.provider != self.identity.peer_id:
+        if a.provider != self.identity.peer_id or a.request_id in self._ended:
             return
         if a.request_id not in self.requests:
             # Assigned a request this provider does not know: it restarted after offering. Give it
@@ -212,6 +216,11 @@ class ProviderService:
             d = m.Done.parse(m.decode(msg.payload))
         except m.MessageError:
             return
+        known = self.requests.get(d.request_id)
+        if known and msg.sender == known[1]:
+            self._ended[d.request_id] = None
+            if len(self._ended) > 10_000:
+                self._ended.pop(next(iter(self._ended)))
         job = self.jobs.get(d.request_id)
         if job and msg.sender == job.consumer:
             job.done.set()

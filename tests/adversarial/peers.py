@@ -62,11 +62,7 @@ async def flood(p2p: P2PHost, peer_id: str, network_id: str, *, valid: int, garb
                 forged: int, per_rpc: int = 400) -> dict[str, Any]:
     """Flood ``peer_id`` on the gossip topic over a raw GossipSub stream: RPC frames of ``per_rpc``
     messages each, as fast as the connection takes them (a hostile peer does not pace itself)."""
-    from libp2p.pubsub.pb import rpc_pb2
-    from libp2p.utils.varint import encode_uvarint
-
     ident = p2p.identity
-    topic = f"/ofnode/{network_id}/gossip/1"
     other = Identity.generate()
     payloads: list[bytes] = []
     for i in range(max(valid, garbage, wrong_network, forged)):  # mixed, so every kind arrives at full speed
@@ -80,7 +76,18 @@ async def flood(p2p: P2PHost, peer_id: str, network_id: str, *, valid: int, garb
             raw = bytearray(seal(other, network_id, "node.note", f"forged {i}".encode()))
             raw[-1] ^= 1
             payloads.append(bytes(raw))
-    msgs = [_pubsub_message(p2p, topic, d, i + 1) for i, d in enumerate(payloads)]
+    return await send_raw(p2p, peer_id, network_id, payloads, per_rpc=per_rpc)
+
+
+async def send_raw(p2p: P2PHost, peer_id: str, network_id: str, payloads: list[bytes], *, per_rpc: int = 400,
+                   first_seqno: int = 1) -> dict[str, Any]:
+    """Hand ``payloads`` (envelopes, or anything) to ``peer_id`` on the gossip topic over a raw GossipSub
+    stream, as messages of this peer, in RPC frames of ``per_rpc`` messages, as fast as the connection takes them."""
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.utils.varint import encode_uvarint
+
+    topic = f"/ofnode/{network_id}/gossip/1"
+    msgs = [_pubsub_message(p2p, topic, d, first_seqno + i) for i, d in enumerate(payloads)]
     stream = await p2p.host.new_stream(ID.from_base58(peer_id), [MESHSUB])
     t0 = time.monotonic()
     hello = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic)])
@@ -92,6 +99,32 @@ async def flood(p2p: P2PHost, peer_id: str, network_id: str, *, valid: int, garb
     with trio.move_on_after(1):
         await stream.close()
     return {"sent": len(msgs), "seconds": seconds, "rpc_frames": len(frames) - 1}
+
+
+@asynccontextmanager
+async def listener(p2p: P2PHost, network_id: str) -> AsyncIterator[list[bytes]]:
+    """Subscribe to the network's gossip topic as an ordinary peer (start it before connecting);
+    yields a list that fills with the raw envelopes received, as an eavesdropper would keep them."""
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    router = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11], degree=4, degree_low=3, degree_high=8,
+                       heartbeat_interval=1, spam_protection_enabled=False)
+    pubsub = Pubsub(p2p.host, router)
+    got: list[bytes] = []
+    async with background_trio_service(pubsub), background_trio_service(router):
+        await pubsub.wait_until_ready()
+        sub = await pubsub.subscribe(f"/ofnode/{network_id}/gossip/1")
+
+        async def keep() -> None:
+            while True:
+                got.append(bytes((await sub.get()).data))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(keep)
+            yield got
+            n.cancel_scope.cancel()
 
 
 async def raw_exchange(p2p: P2PHost, peer_id: str, protocol: str, payload: bytes, *, read: int = 65536,

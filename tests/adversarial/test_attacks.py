@@ -499,6 +499,98 @@ def test_malformed_protocol_messages(net):
     echo_job(net)  # the echo AI's shares are intact and releasable
 
 
+@pytest.mark.attack("a finished job's request and assignment replayed to restarted DOS peers")
+def test_replayed_request_after_restart(net):
+    """An eavesdropper keeps a job's signed request and assignment (valid for gossip.max_age) and hands
+    them to DOS peers that restarted: node1 was down for the whole job, node0 restarted after it. Neither
+    may start the finished request again: no new assignment, no enclave, no second ACL entry."""
+    import time
+
+    import trio
+
+    from node.p2p.envelope import open_envelope
+    from tests.helpers.daemons import kill, restart
+
+    from . import peers as P
+
+    dos0, dos1 = node(net, 0), node(net, 1)
+    kill(dos1)  # down for the whole job
+    out: dict = {}
+
+    def envelopes(got: list[bytes], type_: str, rid: str) -> list[bytes]:
+        found = []
+        for raw in list(got):
+            msg = open_envelope(raw, net["network"], max_bytes=1 << 20, max_age_ms=600_000, max_future_ms=60_000)
+            if msg.type == type_ and json.loads(msg.payload).get("id" if type_ == "market.request" else "request_id") == rid:
+                found.append(raw)
+        return found
+
+    async def until(pred, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while not pred():
+                await trio.sleep(0.05)
+            return True
+        return False
+
+    async def main() -> None:
+        async with P.peer() as p2p, P.listener(p2p, net["network"]) as got:
+            for i in (CONSUMER, 2, HONEST, EVIL):
+                assert await p2p.connect_addr(node(net, i)["addr"])
+            # Meshed once a note from the consumer reaches the eavesdropper.
+            note = await trio.to_thread.run_sync(lambda: call(node(net, CONSUMER)["socket"], "gossip.publish",
+                                                              {"text": "hello eavesdropper"}))
+            assert await until(lambda: any(note["id"] == open_envelope(r, net["network"], max_bytes=1 << 20,
+                                                                        max_age_ms=600_000, max_future_ms=60_000).id
+                                           for r in list(got)), 30), "the eavesdropper never got gossip"
+            data, job = await trio.to_thread.run_sync(lambda: echo_job(net))
+            rid = out["rid"] = job["id"]
+            assert await until(lambda: envelopes(got, "market.request", rid)
+                               and envelopes(got, "market.assignment", rid), 10)
+            replay = envelopes(got, "market.request", rid)[:1] + envelopes(got, "market.assignment", rid)[:1]
+            out["assignments_before"] = len(envelopes(got, "market.assignment", rid))
+            # node1 comes back having missed the job; node0 saw all of it and restarts after it.
+            await trio.to_thread.run_sync(restart, net["nodes"], dos1)
+            await trio.to_thread.run_sync(kill, dos0)
+            await trio.to_thread.run_sync(restart, net["nodes"], dos0)
+            for i, n in enumerate(net["nodes"]):
+                if i not in (CONSUMER, 2, HONEST, EVIL):
+                    assert await p2p.connect_addr(n["addr"]), n["name"]
+            more = lambda: len(envelopes(got, "market.assignment", rid)) > out["assignments_before"]  # noqa: E731
+            # The request alone: a coordinator that took it for new would assign it within bidding + 3 grace periods.
+            for i, n in enumerate(net["nodes"]):
+                await P.send_raw(p2p, n["peer_id"], net["network"], replay[:1], first_seqno=1000 + 10 * i)
+            out["new_assignment"] = await until(more, 6)
+            # Then its old assignment: one that took it for live would reassign once its attestation deadline passed.
+            for i, n in enumerate(net["nodes"]):
+                await P.send_raw(p2p, n["peer_id"], net["network"], replay[1:], first_seqno=2000 + 10 * i)
+            attest_by = json.loads(open_envelope(replay[1], net["network"], max_bytes=1 << 20, max_age_ms=600_000,
+                                                 max_future_ms=60_000).payload)["attest_by_ms"] / 1000
+            out["reassigned"] = await until(more, max(0.0, attest_by - time.time()) + 4)
+            out["failed"] = envelopes(got, "market.failed", rid)
+
+    trio.run(main)
+    rid = out["rid"]
+    assert not out["new_assignment"], "a restarted DOS peer assigned the finished request again"
+    assert not out["reassigned"], "a restarted DOS peer reassigned the finished request"
+    assert out["failed"] == []
+    assert N.wait_until(lambda: N.log_events(dos0, event="request that already ended ignored", request=rid), 10)
+    # node1 missed the job: it follows the copy (made before it started), or has already heard the
+    # consumer's "done" (a peer flushed it on reconnect) and drops the request as ended.
+    assert N.wait_until(lambda: N.log_events(dos1, request=rid, event="following, not assigning")
+                        or N.log_events(dos1, request=rid, event="request that already ended ignored"), 10)
+    # One ACL entry per DOS peer that took part, now a tombstone; node1 signed nothing.
+    acl = {i: json.loads(p.read_text()) for i in (0, 2) for p in Path(node(net, i)["data_dir"], "acl").glob("*.json")
+           if json.loads(p.read_text())["entry"]["request_id"] == rid}
+    assert set(acl) == {0, 2} and all(r["revoked"] for r in acl.values()), acl
+    assert not [p for p in Path(dos1["data_dir"], "acl").glob("*.json")
+                if json.loads(p.read_text())["entry"]["request_id"] == rid]
+    # No provider ran it twice.
+    for i in (HONEST, EVIL):
+        assert len(N.log_events(node(net, i), event="job ended", request=rid)) <= 1
+    N.alive(net)
+    echo_job(net)  # and the network still serves
+
+
 def test_nothing_leaked_anywhere(net):
     """After every attack: no party but the consumer/publisher (node6) holds the AI keys, an input or
     an output, in any file of its data dir (logs, captures, stores, the attackers' own notes); node6

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import select
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,9 +11,8 @@ import pytest
 from node import testnet
 from node.api.client import ApiClient, call
 from node.market.election import dos_ranking
+from tests.helpers.daemons import kill, restart
 from tests.helpers.python_ai import make_python_ai
-
-from ..node.conftest import start_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -47,24 +43,6 @@ def net(tmp_path_factory):
         testnet.down(d)
 
 
-def _kill(node: dict) -> None:
-    fd = os.pidfd_open(node["pid"])
-    os.kill(node["pid"], signal.SIGKILL)
-    select.select([fd], [], [], 10)
-    os.close(fd)
-
-
-def _restart(net: dict, node: dict) -> None:
-    proc, _ = start_daemon(node["data_dir"])
-    node["pid"] = proc.pid
-    others = [n["peer_id"] for n in net["nodes"] if n is not node]
-    assert call(node["socket"], "node.wait_peers", {"peers": others, "timeout": 30}, timeout=40)["ok"]
-    # Connected is not yet meshed: wait until a note from it reaches every node (GossipSub grafts on its heartbeat).
-    note = call(node["socket"], "gossip.publish", {"text": "back"})["id"]
-    for n in net["nodes"]:
-        assert call(n["socket"], "gossip.wait", {"id": note, "timeout": 30}, timeout=40)["received"], n["name"]
-
-
 def test_provider_killed_mid_job_finishes_on_the_other(net, tmp_path):
     consumer = net["nodes"][0]
     data = tmp_path / "in.bin"
@@ -74,7 +52,7 @@ def test_provider_killed_mid_job_finishes_on_the_other(net, tmp_path):
     def on_progress(p: dict) -> None:
         if p.get("stage") == "running" and not killed:
             victim = next(n for n in net["nodes"] if n["peer_id"] == job_provider[0])
-            _kill(victim)
+            kill(victim)
             killed.append(victim)
         elif p.get("stage") == "assigned":
             job_provider[:] = [p["provider"]]
@@ -86,14 +64,14 @@ def test_provider_killed_mid_job_finishes_on_the_other(net, tmp_path):
     assert killed, "the job finished before its provider could be killed"
     assert base64.b64decode(job["output_b64"]) == data.read_bytes()[::-1]
     assert job["attempts"] == 2 and job["provider"] != killed[0]["peer_id"]
-    _restart(net, killed[0])
+    restart(net["nodes"], killed[0])
 
 
 def test_coordinator_killed_during_bidding_another_dos_assigns(net, tmp_path):
     """Pick a request id whose coordinator (rank 0) is a dead DOS peer."""
     dos = [n for n in net["nodes"] if "dos" in n["roles"]]
     victim = dos[0]
-    _kill(victim)
+    kill(victim)
     try:
         dos_ids = [n["peer_id"] for n in dos]
         rid = next(f"{i:032x}" for i in range(1000) if dos_ranking(f"{i:032x}", dos_ids)[0] == victim["peer_id"])
@@ -105,4 +83,4 @@ def test_coordinator_killed_during_bidding_another_dos_assigns(net, tmp_path):
         # The takeover waited the coordinator's grace period (1 s) after the bidding window.
         assert job["stages"]["assigned"] >= 1.0
     finally:
-        _restart(net, victim)
+        restart(net["nodes"], victim)
