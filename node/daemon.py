@@ -445,6 +445,9 @@ class Node:
                 return {"received": True, "copies": len(self.gossip.find(id)), **_received(r)}
             return {"received": False, "copies": 0}
 
+        async def gossip_state() -> dict[str, Any]:
+            return self.gossip.state()
+
         async def metrics_text() -> str:
             return self.metrics.render()
 
@@ -457,6 +460,7 @@ class Node:
         api.method("gossip.publish", publish)
         api.method("gossip.recent", recent)
         api.method("gossip.wait", wait_message, timeout=610)
+        api.method("gossip.state", gossip_state)
         api.method("metrics.text", metrics_text)
 
 

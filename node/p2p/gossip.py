@@ -9,15 +9,19 @@ What py-libp2p 0.8.1 does that ofnode replaces (see libp2p-notes.md):
 - subscriptions hold 32 messages and drop past that: a reader task empties it
   into a larger channel at once;
 - validation runs once per libp2p message id, but the application may still
-  see a message twice: envelopes are de-duplicated by their own id.
+  see a message twice: envelopes are de-duplicated by their own id;
+- its message id is sender + seqno with the seqno counted from the start time
+  in whole seconds, so a restarted node reused the ids of its last life and
+  peers dropped its messages as seen: the seqno starts in nanoseconds.
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 from libp2p.peer.id import ID
@@ -66,6 +70,14 @@ class Gossip:
             pending_messages_ttl=PENDING_TTL_S,
         )
         self.pubsub = Pubsub(p2p.host, self.router, max_inbound_rpc_size=cfg["max_message_bytes"] * 4 + 4096)
+        # A libp2p message id is sender + seqno. py-libp2p starts the seqno at
+        # int(time.time()) and adds one per message, so a node that published
+        # faster than 1 msg/s and restarted within that lead reused the seqnos
+        # of its last life: every peer that still remembered those ids (seen
+        # cache, 120 s, refreshed on each re-gossip) dropped its new messages as
+        # duplicates, and the restarted node itself marked them seen when peers
+        # replayed its old ones. Start in nanoseconds, as go-libp2p does.
+        self.pubsub.counter = time.time_ns()
         self.pubsub.set_topic_validator(self.topic, self._validate, is_async_validator=False)
         self._limiter = PeerLimiter(cfg["peer_rate"], cfg["peer_burst"])
         self._seen = SeenSet(cfg["dedupe_window"])
@@ -110,6 +122,28 @@ class Gossip:
         finally:
             self._watchers.discard(send)
             send.close()
+
+    def state(self) -> dict[str, Any]:
+        """What the GossipSub router holds for our topic (for diagnosing mesh problems):
+        connected peers, pubsub streams, subscribed peers, mesh, back-offs in seconds left."""
+        r, p, t = self.router, self.pubsub, self.topic
+        now = int(time.time())
+
+        def ids(xs: Any) -> list[str]:
+            return sorted(x.to_base58() for x in xs)
+
+        return {
+            "seqno": p.counter,
+            "connected": ids(p.host.get_connected_peers()),
+            "streams": ids(p.peers),
+            "subscribed": ids(p.peer_topics.get(t, ())),
+            "mesh": ids(r.mesh.get(t, ())),
+            "back_off": {k.to_base58(): v - now for k, v in r.back_off.get(t, {}).items() if v > now},
+            "degree_low": r.adaptive_degree_low,
+            "degree_high": r.adaptive_degree_high,
+            "heartbeat_interval": r.heartbeat_interval,
+            "health": round(r.network_health_score, 3),
+        }
 
     # -- lifecycle -------------------------------------------------------
     @asynccontextmanager
