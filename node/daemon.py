@@ -138,7 +138,8 @@ class Node:
         if interrupted:
             log.warning("jobs interrupted by the last stop marked failed", extra={"jobs": ",".join(interrupted)})
         self.consumer = Consumer(identity=self.identity, genesis=self.genesis, gossip=self.gossip,
-                                 host=self.p2p.host, jobs=self.jobs)
+                                 host=self.p2p.host, jobs=self.jobs,
+                                 republish_s=config["market"]["republish_s"])
         market_api.register(self.api, self.consumer, self.jobs, config["market"])
         self.peer_info: dict[str, dict[str, Any]] = {}
         self.metrics_url = ""
