@@ -39,11 +39,15 @@ libp2p fixes the cause upstream.
       unpack) unless debug logging is on; the ``PY_YAMUX_*`` tuning
       environment is read once at import instead of ``os.getenv`` several
       times per frame.
-   f. Coalesced sends: one ``write`` of N bytes becomes up to 256 KiB of
-      yamux frames per connection write (window permitting), and Noise
+   f. Coalesced sends: one ``write`` of N bytes becomes up to four full
+      yamux frames (~256 KiB) per connection write (window permitting), and Noise
       encrypts all the messages of one write and hands them to the socket in
       one ``send``, instead of one lock, one encryption call chain and one
       socket write per frame.
+   g. A writer out of send window is woken by the window update itself; it
+      polled every 10 ms, so each time the window ran out (a 256 KiB window
+      on a fast link, or a reader briefly behind) the stream stood still
+      for up to 10 ms.
 """
 from __future__ import annotations
 
@@ -81,11 +85,47 @@ def _cached_consume_signed_record(msg: Any, host: Any, peer_id: Any) -> bool:
 # 2. Yamux + Noise throughput
 
 _RECV_CHUNK = 256 << 10     # bytes asked of the socket per read (c)
-_WRITE_BATCH = 256 << 10    # payload bytes per connection write (f)
+_FRAMES_PER_WRITE = 4       # full yamux frames per connection write, ~256 KiB (f)
+
+
+class _WindowLock:
+    """A yamux stream's ``window_lock`` (a trio.Lock) that also wakes a writer
+    waiting for send window: py-libp2p's writer polled every 10 ms instead,
+    and every update of ``send_window`` happens under this lock (2g)."""
+
+    __slots__ = ("_lock", "_changed")
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+        self._changed: trio.Event | None = None
+
+    def changed(self) -> trio.Event:
+        """An event set when the lock is next released."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        return self._changed
+
+    async def acquire(self) -> None:
+        await self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+        event, self._changed = self._changed, None
+        if event is not None:
+            event.set()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 def apply_stream_throughput() -> None:
-    """Patches 2a-2f (see the module docstring); idempotent."""
+    """Patches 2a-2g (see the module docstring); idempotent."""
     import libp2p.io.msgio as _msgio
     import libp2p.io.utils as _ioutils
     import libp2p.security.noise.io as _nio
@@ -173,7 +213,7 @@ def apply_stream_throughput() -> None:
                 async with self.window_lock:
                     if self.closed:
                         raise MuxedStreamError("Stream is closed")
-                    room = min(self.send_window, total - sent, _WRITE_BATCH)
+                    room = min(self.send_window, total - sent, _FRAMES_PER_WRITE * payload_max)
                     while room > 0:
                         n = min(room, payload_max)
                         parts.append(header.pack(0, _ym.TYPE_DATA, 0, self.stream_id, n))
@@ -184,18 +224,31 @@ def apply_stream_throughput() -> None:
             if parts:
                 await self.conn._write_frame(b"".join(parts))
                 continue
-            # No send window: wait for the peer's update as py-libp2p does.
+            # No send window: wait for the peer's update (g), at most 5 s as
+            # py-libp2p does; ``closed`` is set without the window lock, so
+            # it is looked at every 10 ms as before.
             self._zero_window_waits += 1
+            lock = self.window_lock
             with trio.move_on_after(5.0) as scope:
-                while True:
-                    async with self.window_lock:
-                        if self.send_window > 0 or self.closed:
-                            break
-                    await trio.sleep(0.01)
+                while not (self.send_window > 0 or self.closed):
+                    if isinstance(lock, _WindowLock):
+                        with trio.move_on_after(0.01):
+                            await lock.changed().wait()
+                    else:
+                        await trio.sleep(0.01)
             if scope.cancelled_caught:
                 raise MuxedStreamError("Timed out waiting for window update after 5 seconds.")
 
     _ym.YamuxStream.write = write
+
+    # (g) the window lock tells a blocked writer when the window changed
+    original_stream_init = _ym.YamuxStream.__init__
+
+    def stream_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_stream_init(self, *args, **kwargs)
+        self.window_lock = _WindowLock()
+
+    _ym.YamuxStream.__init__ = stream_init
 
     # (f) Noise: every message of one write in one socket send
     max_plain = _nio.MAX_PLAINTEXT_LENGTH

@@ -332,13 +332,17 @@ class Blockstore:
         self._shards_made.add(shard)
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, flush: bool = True) -> Iterator[None]:
         """Many puts, one flush: inside, blocks are written and renamed without
         a per-block fsync; on leaving, one flush of the store's filesystem
         (``syncfs``, see :func:`_flush_filesystem`) makes them all durable
         before the caller records anything (a pin) that relies on them.
         An fsync per 256 KiB block caps writes near 190 MB/s here; one flush
-        at the end does not. Holds :attr:`lock` throughout."""
+        at the end does not. Holds :attr:`lock` throughout.
+
+        ``flush=False`` leaves the flush to the caller, who must call
+        :meth:`flush` before relying on the blocks (the exchange's writer
+        flushes in a thread of its own while it writes the next batch)."""
         with self.lock:
             self._batch_depth += 1
             try:
@@ -348,7 +352,12 @@ class Blockstore:
                 # A batch that wrote nothing (late duplicates only) needs no flush.
                 if self._batch_depth == 0 and self._batch_wrote:
                     self._batch_wrote = False
-                    _flush_filesystem(self.root)
+                    if flush:
+                        _flush_filesystem(self.root)
+
+    def flush(self) -> None:
+        """Make every block written so far durable (what leaving a :meth:`batch` does)."""
+        _flush_filesystem(self.root)
 
     def delete(self, cid: Cid) -> bool:
         """Remove a block; returns whether it was there. Pins are not checked."""

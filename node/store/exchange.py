@@ -592,23 +592,41 @@ _STOP: Final = object()
 
 
 class _StoreWriter:
-    """The store writer: one thread of its own, fed by a queue, that hashes
-    received blocks and writes the wanted ones, one :meth:`Blockstore.batch`
-    (one flush) for everything that queued up meanwhile.
+    """The store writer: a pipeline of three threads of its own, fed by a
+    queue, that hashes received blocks, writes the wanted ones and makes
+    them durable, then reports them to the loop.
 
-    Why not a ``trio.to_thread`` call per batch, as before: dispatching each
-    batch to a pooled worker and waking the loop afterwards cost the event
-    loop (which also decrypts and parses every byte) as much as a tenth of
-    its time. Here the loop only puts messages on a queue; the thread
-    batches by itself and hands results back with ``run_sync_soon``, which
-    never waits for the loop. At most ``Limits.write_queue`` messages wait.
-    The thread runs under :meth:`run`, a task of the exchange's nursery, so
-    it lives and ends with the exchange.
+    1. *hash*: takes every message that queued up (up to
+       ``Limits.write_batch`` bytes), hashes each block and looks up whether
+       a fetch wants it;
+    2. *write*: writes the wanted blocks (one :meth:`Blockstore.batch`
+       without its flush per hashed batch);
+    3. *flush*: one flush of the store (``syncfs``) for every batch written
+       since the last one, then hands them back to the loop.
+
+    Why three: with one thread doing all three in turn, the writer was busy
+    ~95 % of a 256 MiB fetch and was its limit: a quarter of that time it
+    waited in ``syncfs`` while nothing was hashed or written. In a pipeline
+    the flush of one batch overlaps the hashing and writing of the next, and
+    a flush covers everything written before it started (group commit). A
+    block is still reported only after a flush that began after it was
+    written, so a block a fetch counts as stored is durable.
+
+    Why not a ``trio.to_thread`` call per batch: dispatching each batch to a
+    pooled worker and waking the loop afterwards cost the event loop (which
+    also decrypts and parses every byte) as much as a tenth of its time.
+    Here the loop only puts messages on a queue; results come back with
+    ``run_sync_soon``, which never waits for the loop. At most
+    ``Limits.write_queue`` messages are between the loop and the report.
+    The threads run under :meth:`run`, a task of the exchange's nursery, so
+    they live and end with the exchange.
     """
 
     def __init__(self, x: "Exchange") -> None:
         self._x = x
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._written_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._hashed_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._slots = trio.Semaphore(x.limits.write_queue)
         self.running = False
 
@@ -616,16 +634,24 @@ class _StoreWriter:
         token = trio.lowlevel.current_trio_token()
         done_send, done_recv = trio.open_memory_channel[tuple[int, Any, BaseException | None]](math.inf)
         self._queue = queue.SimpleQueue()
+        self._hashed_q = queue.SimpleQueue()
+        self._written_q = queue.SimpleQueue()
         self.running = True
+
+        async def stage(fn: Any, *args: Any) -> None:
+            await trio.to_thread.run_sync(fn, *args, limiter=trio.CapacityLimiter(1))
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report, done_recv)
                 task_status.started()
-                # Not abandoned on cancel: a batch in hand is finished (and
-                # flushed) before the exchange stops; stop() ends the loop.
+                # Not abandoned on cancel: batches in hand are finished (and
+                # flushed) before the exchange stops; stop() ends the stages.
                 try:
-                    await trio.to_thread.run_sync(self._loop, token, done_send.send_nowait,
-                                                  limiter=trio.CapacityLimiter(1))
+                    async with trio.open_nursery() as stages:
+                        stages.start_soon(stage, self._hash_loop)
+                        stages.start_soon(stage, self._write_loop)
+                        stages.start_soon(stage, self._flush_loop, token, done_send.send_nowait)
                 finally:
                     done_send.close()   # _report drains what is left, then ends
         finally:
@@ -644,34 +670,84 @@ class _StoreWriter:
                 self._slots.release()
             self._x._written(done, error)
 
-    def _loop(self, token: trio.lowlevel.TrioToken, report: Any) -> None:
+    @staticmethod
+    def _take_all(q: "queue.SimpleQueue[Any]", first: Any, limit: int | None = None,
+                  size: Any = None) -> tuple[list[Any], bool]:
+        """``first`` and whatever else waits in ``q`` (up to ``limit`` by
+        ``size``); and whether the stop mark was met."""
+        items = [first]
+        total = size(first) if size is not None else 0
+        while limit is None or total < limit:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return items, True
+            items.append(item)
+            if size is not None:
+                total += size(item)
+        return items, False
+
+    def _hash_loop(self) -> None:
+        """Stage 1: messages -> ``(count, store, hashed, error)``."""
         limit = self._x.limits.write_batch
-        stop = False
-        while not stop:
-            item = self._queue.get()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                batch, stop = self._take_all(self._queue, item, limit,
+                                             lambda it: sum(len(d) for _, _, d in it[1]))
+                store = self._x.store   # the store these blocks go to, even if it is swapped meanwhile
+                try:
+                    self._hashed_q.put((len(batch), store, self._x._hash_blocks(batch), None))
+                except Exception as exc:  # a bug of ours: reported to the fetches in the loop thread
+                    self._hashed_q.put((len(batch), store, None, exc))
+                if stop:
+                    return
+        finally:
+            self._hashed_q.put(_STOP)
+
+    def _write_loop(self) -> None:
+        """Stage 2: writes the wanted blocks -> ``(count, store, results, wrote, error)``."""
+        try:
+            while True:
+                item = self._hashed_q.get()
+                if item is _STOP:
+                    return
+                count, store, hashed, error = item
+                wrote = False
+                results = None
+                if error is None:
+                    try:
+                        results, wrote = self._x._store_blocks(store, hashed)
+                    except Exception as exc:  # BlockstoreError, OSError, or a bug: the fetches hear of it
+                        error = exc
+                self._written_q.put((count, store, results, wrote, error))
+        finally:
+            self._written_q.put(_STOP)
+
+    def _flush_loop(self, token: trio.lowlevel.TrioToken, report: Any) -> None:
+        """Stage 3: one flush per store for everything written so far, then the report."""
+        while True:
+            item = self._written_q.get()
             if item is _STOP:
                 return
-            batch = [item]
-            size = sum(len(d) for _, _, d in item[1])
-            while size < limit:
+            group, stop = self._take_all(self._written_q, item)
+            flush_error: dict[int, BaseException] = {}
+            for store in {id(st): st for _, st, _, wrote, err in group if wrote and err is None}.values():
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-                size += sum(len(d) for _, _, d in item[1])
-            done: Any = None
-            error: BaseException | None = None
-            try:
-                done = self._x._ingest(batch)
-            except Exception as exc:  # reported to the fetches in the loop thread
-                error = exc
-            try:
-                token.run_sync_soon(report, (len(batch), done, error))
-            except trio.RunFinishedError:
+                    store.flush()
+                except Exception as exc:  # the blocks are not durable: the fetches hear of it
+                    flush_error[id(store)] = exc
+            for count, store, results, wrote, error in group:
+                error = error or flush_error.get(id(store))
+                try:
+                    token.run_sync_soon(report, (count, None if error else results, error))
+                except trio.RunFinishedError:
+                    return
+            if stop:
                 return
 
 
@@ -1161,31 +1237,43 @@ class Exchange:
 
     # -- client: receiving blocks ------------------------------------------------
 
-    def _ingest(self, batch: list[tuple[ID, list[_RawBlock]]]) -> list[tuple[ID, list[tuple[Cid, int, bytes | None, bool]]]]:
-        """Hash every block and store the wanted ones (the writer thread).
-
-        The whole batch is written inside one :meth:`Blockstore.batch`: one
-        flush for all its blocks instead of two fsyncs per block (ext4 turns
-        each fsync into a journal commit, which is what limited a fetch to
-        ~70 MB/s here). The flush is done before anyone hears of the blocks,
-        so a block a fetch counts as stored is durable.
-
-        Returns, per message, ``(cid, size, data if dag-pb, wanted)`` per block.
-        """
+    def _hash_blocks(self, batch: list[tuple[ID, list[_RawBlock]]]) -> list[tuple[ID, list[tuple[Cid, _RawBlock, bool]]]]:
+        """Hash every block of ``batch`` and say whether a fetch wants it (writer stage 1)."""
         out = []
         interest = self._interest   # read under the GIL; a late change only makes a duplicate
-        with self.store.batch():
-            for peer, blocks in batch:
+        for peer, blocks in batch:
+            hashed = []
+            for block in blocks:
+                key = Cid(1, block[1], hashlib.sha256(block[2]).digest())  # CIDv0 and v1 share the file
+                hashed.append((key, block, key in interest))
+            out.append((peer, hashed))
+        return out
+
+    def _store_blocks(self, store: Blockstore, hashed: list[tuple[ID, list[tuple[Cid, _RawBlock, bool]]]]
+                      ) -> tuple[list[tuple[ID, list[tuple[Cid, int, bytes | None, bool]]]], bool]:
+        """Write the wanted blocks, without a flush (writer stage 2).
+
+        All of them go in one :meth:`Blockstore.batch`, whose flush the
+        writer's flush stage does later (ext4 turns each fsync into a journal
+        commit: two per block limited a fetch to ~70 MB/s here). Nobody hears
+        of a block before that flush, so a block a fetch counts as stored is
+        durable.
+
+        Returns, per message, ``(cid, size, data if dag-pb, wanted)`` per
+        block, and whether anything was written.
+        """
+        out = []
+        wrote = False
+        with store.batch(flush=False):
+            for peer, blocks in hashed:
                 results = []
-                for version, codec, data in blocks:
-                    key = Cid(1, codec, hashlib.sha256(data).digest())  # CIDv0 and v1 share the file
-                    wanted = key in interest
+                for key, (_, codec, data), wanted in blocks:
                     if wanted:
-                        self.store.put(key, data, hashed=True)  # the CID was computed from these bytes
+                        wrote = store.put(key, data, hashed=True) or wrote  # the CID was computed from these bytes
                     node = bytes(data) if codec == DAG_PB and wanted else None
                     results.append((key, len(data), node, wanted))
                 out.append((peer, results))
-        return out
+        return out, wrote
 
     async def _receive_blocks(self, peer: ID, blocks: list[_RawBlock]) -> None:
         """Queue received blocks for the store writer (waits while it is behind)."""
