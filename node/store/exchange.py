@@ -88,7 +88,7 @@ class Limits:
     max_message: int = 4 << 20          # bytes in one message (the spec's cap)
     max_entries: int = 8192             # want-list entries or presences in one message
     max_wants_per_peer: int = 16384     # a peer's want-list as we keep it
-    send_target: int = 1 << 20          # block bytes per answer message
+    send_target: int = 2 << 20          # block bytes per answer message (docs/exchange.md: why 2 MiB)
     answer_ahead: int = 4               # answers read and encoded ahead of the writer, per peer
     max_batch: int = 256                # wants taken off a peer's queue per answer
     linger: float = 2.0                 # idle seconds before an answer stream is closed
