@@ -202,6 +202,8 @@ def apply_stream_throughput() -> None:
     async def write(self: Any, data: bytes) -> None:
         if self.send_closed:
             raise MuxedStreamError("Stream is closed for sending")
+        if type(data) is not bytes:
+            data = bytes(data)   # a view of a caller's bytearray would pin it while we wait
         total = len(data)
         view = memoryview(data)
         sent = 0
