@@ -100,8 +100,11 @@ class DiscardStore(Blockstore):
         return True
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, flush: bool = True) -> Iterator[None]:
         yield
+
+    def flush(self) -> None:
+        pass
 
 
 @asynccontextmanager
