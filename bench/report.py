@@ -10,6 +10,9 @@ ratio, the issue's target and whether it is met, and plots the
 distributions (CDFs) and curves (e.g. gossip latency against network size,
 RSS over a soak) into ``docs/perf/``.
 
+``--only NAME ...`` runs those benchmarks and keeps every other one's last
+results (dated) in the report; ``--render-only`` runs nothing.
+
 Hand-written notes survive regeneration: everything in the old
 ``docs/performance.md`` from the line ``<!-- notes -->`` on is kept.
 A benchmark that fails is reported as failed (with the tail of its output);
@@ -263,21 +266,24 @@ def main() -> int:
     todo = [b for b in benches(a.soak_minutes) if (not a.only or b.name in a.only) and b.name not in a.skip]
     records: list[dict] = []
     status: dict[str, str] = {}
-    if a.render_only:
-        for b in todo:
-            for tag in b.tags:
-                label = f"{b.name}[{tag}]" if tag else b.name
-                res = OUT_DIR / f"{label}.jsonl"
-                if res.exists():
-                    when = dt.datetime.fromtimestamp(res.stat().st_mtime, dt.UTC).strftime("%H:%M UTC")
-                    status[label] = f"ok (run at {when})"
-                    for line in res.read_text().splitlines():
-                        r = json.loads(line)
-                        r["run"], r["tag"], r["section"] = b.name, tag, b.section
-                        records.append(r)
-    else:
-        for b in todo:
+    # Benchmarks not run now keep their last results (bench/results/*.jsonl), so a
+    # partial run (--only) still renders the whole report, each result dated.
+    for b in benches(a.soak_minutes):
+        if b.name in a.skip or (a.render_only and b not in todo):
+            continue
+        if b in todo and not a.render_only:
             run(b, a.quick, records, status)
+            continue
+        for tag in b.tags:
+            label = f"{b.name}[{tag}]" if tag else b.name
+            res = OUT_DIR / f"{label}.jsonl"
+            if res.exists():
+                when = dt.datetime.fromtimestamp(res.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+                status[label] = f"ok (run at {when})"
+                for line in res.read_text().splitlines():
+                    r = json.loads(line)
+                    r["run"], r["tag"], r["section"] = b.name, tag, b.section
+                    records.append(r)
     out = Path(a.out)
     old = out.read_text() if out.exists() else ""
     text = render(records, status, ["bench/report.py", *sys.argv[1:]], old)
