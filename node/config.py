@@ -83,7 +83,8 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
             "gossip.peer_rate", "gossip.peer_burst", "gossip.publish_rate", "gossip.dedupe_window",
             "gossip.announce_interval", "api.max_request_bytes", "api.max_connections",
             "market.bidding_ms", "market.grace_ms", "market.attest_s", "market.deadline_s",
-            "market.late_s", "market.republish_s", "provider.price",
+            "market.late_s", "market.republish_s", "p2p.max_connections",
+            "gossip.ban_strikes", "gossip.ban_window", "gossip.ban_s", "provider.price",
         )
     },
 }

@@ -28,6 +28,7 @@ from .metrics import Metrics, node_metrics, serve_metrics
 from .p2p.envelope import SignedMessage
 from .p2p.gossip import Gossip, Received
 from .p2p.host import P2PHost
+from .p2p.peer_guard import PeerGuard
 from .store.exchange import Exchange
 from .store.service import StoreService
 from .market import api as market_api
@@ -122,6 +123,12 @@ class Node:
             dial_timeout=p["dial_timeout"],
             target_peers=p["target_peers"],
             discovery_interval=p["discovery_interval"],
+            max_connections=p["max_connections"],
+            protected=(*self.genesis.dos_peers, *self.genesis.secrets_peers),
+            guard=PeerGuard(strikes=config["gossip"]["ban_strikes"], window=config["gossip"]["ban_window"],
+                            ban=config["gossip"]["ban_s"],
+                            protected=(*self.genesis.dos_peers, *self.genesis.secrets_peers,
+                                       *(b.rsplit("/p2p/", 1)[-1] for b in p["bootstrap"]))),
         )
         self.gossip = Gossip(self.p2p, self.identity, self.genesis.network_id, config["gossip"], self.metrics)
         a = config["api"]

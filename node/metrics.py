@@ -71,6 +71,8 @@ def node_metrics() -> Metrics:
     m.declare("ofnode_rpc_calls_total", "counter", "JSON-RPC calls served, by method.")
     m.declare("ofnode_rpc_errors_total", "counter", "JSON-RPC calls answered with an error, by code.")
     m.declare("ofnode_dials_total", "counter", "Outbound dials, by result.")
+    m.declare("ofnode_peers_banned_total", "counter", "Peers disconnected and banned, by reason.")
+    m.declare("ofnode_banned_connections_closed_total", "counter", "Connections from banned peers closed as they opened.")
     return m
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -53,7 +53,7 @@ class Received:
 
 class Gossip:
     def __init__(self, p2p: P2PHost, identity: Identity, network_id: str, cfg: dict, metrics: Metrics) -> None:
-        self.identity, self.network_id, self.cfg, self.metrics = identity, network_id, cfg, metrics
+        self.p2p, self.identity, self.network_id, self.cfg, self.metrics = p2p, identity, network_id, cfg, metrics
         self.topic = f"/ofnode/{network_id}/gossip/1"
         self._my_id = ID(identity.peer_id_bytes)
         self.router = GossipSub(
@@ -89,6 +89,19 @@ class Gossip:
         # replayed its old ones. Start in nanoseconds, as go-libp2p does.
         self.pubsub.counter = time.time_ns()
         self.pubsub.set_topic_validator(self.topic, self._validate, is_async_validator=False)
+        # py-libp2p caches a failed validation by message id for 300 s, so a
+        # message refused because *one forwarder* was over its rate would be
+        # refused from every forwarder: such refusals are not cached.
+        self._forwarder_refusals: OrderedDict[bytes, None] = OrderedDict()
+        cache = self.pubsub.validation_cache
+        cache_put = cache.put
+
+        def put(msg_id: bytes, result: Any) -> None:
+            if not result.is_valid and self._forwarder_refusals.pop(msg_id, 0) is None:
+                return
+            cache_put(msg_id, result)
+
+        cache.put = put
         self._limiter = PeerLimiter(cfg["peer_rate"], cfg["peer_burst"])
         self._seen = SeenSet(cfg["dedupe_window"])
         self._pace = TokenBucket(cfg["publish_rate"], max(1.0, cfg["publish_rate"] / 10))
@@ -175,6 +188,12 @@ class Gossip:
             return True
         if not self._limiter.allow(forwarder.to_bytes()):
             self.metrics.inc("ofnode_gossip_rejected_total", reason=RATE_LIMITED)
+            self._forwarder_refusals[self.pubsub._msg_id_constructor(msg)] = None
+            if len(self._forwarder_refusals) > 4096:
+                self._forwarder_refusals.popitem(last=False)
+            guard = self.p2p.guard
+            if guard is not None and guard.refused(peer := forwarder.to_base58()):
+                self.p2p.cut_off(peer, "gossip_flood")
             return False
         try:
             self._open(msg.data)

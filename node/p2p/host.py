@@ -6,6 +6,10 @@ Why these choices (measured, see ../shared/design/libp2p-notes.md):
   Noise-only ``sec_opt`` makes an insecure session impossible.
 - ``max_connections_per_peer=1`` skips the dialer's 250 ms happy-eyeballs
   wait (connect drops from ~252 ms to ~9 ms) and avoids duplicate links.
+- ``p2p.max_connections`` caps inbound connections (py-libp2p refuses more)
+  and prunes above 80 % of it; genesis (DOS, secrets) and bootstrap peers are
+  protected from pruning. A peer the :class:`~.peer_guard.PeerGuard` banned
+  (a gossip flooder) is disconnected, and its new connections are closed.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import math
 import random
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import multiaddr
 import trio
@@ -32,6 +36,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from ..identity import Identity
 from .addrs import dialable
+from .peer_guard import PeerGuard
 from ..metrics import Metrics
 
 log = logging.getLogger("ofnode.p2p")
@@ -45,8 +50,8 @@ class _ConnectionWatch(INotifee):
     Waiters re-check their condition after each change instead of polling.
     """
 
-    def __init__(self, on_change: Callable[[], None]) -> None:
-        self._on_change = on_change
+    def __init__(self, on_change: Callable[[], None], on_connected: Callable[[INetConn], None]) -> None:
+        self._on_change, self._on_connected = on_change, on_connected
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         pass
@@ -55,6 +60,7 @@ class _ConnectionWatch(INotifee):
         pass
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._on_connected(conn)
         self._on_change()
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
@@ -84,6 +90,9 @@ class P2PHost:
     dial_timeout: float = 5.0
     target_peers: int = 32
     discovery_interval: float = 15.0
+    max_connections: int = 300
+    protected: tuple[str, ...] = ()  # peer ids never pruned (genesis DOS/secrets, bootstrap)
+    guard: PeerGuard | None = None
     host: IHost = field(init=False)
     dht: KadDHT = field(init=False)
     _changed: trio.Event = field(init=False, default_factory=trio.Event)
@@ -102,10 +111,48 @@ class P2PHost:
                 # choose; ofnode keeps its links itself (bootstrap + discovery).
                 min_connections=0,
                 low_watermark=0,
+                max_connections=self.max_connections,
+                high_watermark=max(1, self.max_connections * 4 // 5),
             ),
         )
-        self.host.get_network().register_notifee(_ConnectionWatch(self._notify))
+        network = self.host.get_network()
+        network.register_notifee(_ConnectionWatch(self._notify, self._gate))
+        for peer in {*self.protected, *(a.rsplit("/p2p/", 1)[-1] for a in self.bootstrap if "/p2p/" in a)}:
+            network.protect(ID.from_base58(peer), "ofnode")
+        self._tasks: trio.Nursery | None = None
         self._bootstrap_infos = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in self.bootstrap]
+
+    # -- peers cut off -----------------------------------------------------
+    def _gate(self, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id.to_base58()
+        if self.guard is not None and self.guard.is_banned(peer):
+            self.metrics.inc("ofnode_banned_connections_closed_total")
+            self._spawn(self._close, conn)
+
+    def cut_off(self, peer: str, reason: str) -> None:
+        """Disconnect ``peer`` now (the guard has banned it; see :class:`PeerGuard`)."""
+        log.warning("peer cut off", extra={"peer": peer, "reason": reason,
+                                           "ban_s": self.guard.ban if self.guard else 0})
+        self.metrics.inc("ofnode_peers_banned_total", reason=reason)
+        self._spawn(self._disconnect, peer)
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._tasks is not None:
+            self._tasks.start_soon(fn, *args)
+
+    async def _close(self, conn: INetConn) -> None:
+        with trio.move_on_after(5):
+            try:
+                await conn.close()
+            except Exception as e:  # noqa: BLE001 - already closing: what we wanted
+                log.debug("closing a banned peer's connection: %s", e)
+
+    async def _disconnect(self, peer: str) -> None:
+        with trio.move_on_after(5):
+            try:
+                await self.host.disconnect(ID.from_base58(peer))
+            except Exception as e:  # noqa: BLE001 - already gone
+                log.debug("disconnecting %s: %s", peer, e)
 
     # -- state -----------------------------------------------------------
     def _notify(self) -> None:
@@ -149,8 +196,13 @@ class P2PHost:
         addrs = [multiaddr.Multiaddr(a) for a in self.listen]
         async with self.host.run(listen_addrs=addrs):
             self.dht = KadDHT(self.host, DHTMode.SERVER)
-            async with background_trio_service(self.dht):
-                yield self
+            async with background_trio_service(self.dht), trio.open_nursery() as tasks:
+                self._tasks = tasks  # disconnects of banned peers
+                try:
+                    yield self
+                finally:
+                    self._tasks = None
+                    tasks.cancel_scope.cancel()
 
     async def maintain_links(self) -> None:
         """Keep bootstrap links up and discover more peers; runs until cancelled."""

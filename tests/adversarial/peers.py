@@ -92,13 +92,21 @@ async def send_raw(p2p: P2PHost, peer_id: str, network_id: str, payloads: list[b
     t0 = time.monotonic()
     hello = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic)])
     frames = [hello] + [rpc_pb2.RPC(publish=msgs[i:i + per_rpc]) for i in range(0, len(msgs), per_rpc)]
+    cut_off = False
     for rpc in frames:
         body = rpc.SerializeToString()
-        await stream.write(encode_uvarint(len(body)) + body)
+        try:
+            await stream.write(encode_uvarint(len(body)) + body)
+        except Exception:  # noqa: BLE001 - the target cut us off (a banned flooder): that is its answer
+            cut_off = True
+            break
     seconds = time.monotonic() - t0
     with trio.move_on_after(1):
-        await stream.close()
-    return {"sent": len(msgs), "seconds": seconds, "rpc_frames": len(frames) - 1}
+        try:
+            await stream.close()
+        except Exception:  # noqa: BLE001, S110 - already reset
+            pass
+    return {"sent": len(msgs), "seconds": seconds, "rpc_frames": len(frames) - 1, "cut_off": cut_off}
 
 
 @asynccontextmanager

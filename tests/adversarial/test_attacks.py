@@ -372,6 +372,15 @@ def test_gossip_flood(net):
     result["handled_per_s"] = round(handled / result["elapsed"], 1)
     if handled > 200 + 150 * result["elapsed"]:
         assert rejected["rate_limited"] > 0, (rejected, result)
+    # A flooder that kept over its rate (gossip.ban_strikes refusals within ban_window) is cut off.
+    banned = P.metric(m1, "ofnode_peers_banned_total", reason="gossip_flood") - \
+        P.metric(m0, "ofnode_peers_banned_total", reason="gossip_flood")
+    if rejected["rate_limited"] >= 2 * 400:
+        assert banned == 1, (rejected, result)
+    if banned:
+        peers_now = call(target["socket"], "node.status", {})["peers"]
+        assert result["flooder"] not in peers_now
+    result["banned"] = banned
     # Every kind of bad envelope that got past the bucket was refused for what it is.
     assert rejected["malformed"] > 0 and rejected["wrong_network"] > 0 and rejected["bad_signature"] > 0, rejected
     # Honest traffic still flows right after the flood: a note from node1 reaches everyone, and a job runs.
