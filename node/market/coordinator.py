@@ -65,7 +65,9 @@ class Coordinator:
         self.inventories = inventories
         self.grace_ms, self.attest_ms, self.max_requests = grace_ms, attest_ms, max_requests
         self.late_ms = late_ms  # beyond the bidding window and every rank's grace period
-        self.patience = 40  # extra bidding windows granted when a matching provider is known
+        # How long past the bidding window offers may still come when a matching
+        # provider is known: under a burst on a busy machine offers lag by seconds.
+        self.offer_wait_ms = 15_000
         self.requests: dict[str, _State] = {}
         self.ledger = ledger
         self.on_reassign = on_reassign  # frees the request's ACL slot for the next provider's enclave
@@ -278,12 +280,11 @@ class Coordinator:
             return
         provider = best_offer(st.req.id, st.req.requirements, st.offers, excluded)
         # Under a burst, offers can lag the window. If the announced inventories
-        # say some provider could take the request, give them a few more windows.
-        extra = 0
-        while provider is None and attempt == 0 and extra < self.patience and \
+        # say some provider could take the request, wait for them a while longer.
+        give_up = now_ms() + self.offer_wait_ms
+        while provider is None and attempt == 0 and now_ms() < give_up and \
                 self._someone_could(st.req.requirements) and not st.finished:
-            extra += 1
-            with trio.move_on_after(st.req.bidding_ms / 1000):
+            with trio.move_on_after(max(0, give_up - now_ms()) / 1000):
                 await st.offered.wait()
             if st.seen(attempt).is_set():  # another DOS assigned meanwhile
                 return
