@@ -353,6 +353,8 @@ class Node:
             "roles": list(self.config.roles),
             "addrs": [f"{a}/p2p/{self.identity.peer_id}" if "/p2p/" not in a else a for a in self.p2p.addrs()],
             "peers": self.p2p.connected_peers(),
+            # peer id -> seconds its ban has left (gossip flooders; see node/p2p/peer_guard.py)
+            "banned": self.p2p.guard.banned() if self.p2p.guard is not None else {},
             "uptime_s": round(time.time() - self.started, 1),
             "data_dir": str(self.data_dir),
             "socket": str(self.config.socket_path),

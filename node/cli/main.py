@@ -371,6 +371,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("roles", ", ".join(s["roles"]) or "(none)"),
         ("addresses", "\n".join(s["addrs"])),
         ("peers", len(s["peers"])),
+        *([("banned", "\n".join(f"{p} ({left:.0f} s left)" for p, left in sorted(s["banned"].items())))]
+          if s.get("banned") else []),
         ("gossip", f"in {g['in']}, out {g['out']}, duplicates {g['duplicates']}, rejected: {rejected}"),
         ("uptime", f"{s['uptime_s']:.0f} s"),
         ("socket", s["socket"]),
