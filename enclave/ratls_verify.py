@@ -26,6 +26,12 @@ after the handshake, before any data is sent: :func:`client_context` +
 :func:`check_peer`, or :func:`open_trio_client` for a trio stream (e.g. a
 libp2p stream relayed by the provider).  :func:`pyopenssl_context` does the
 same check inside pyOpenSSL's verify callback, failing the handshake itself.
+
+Collateral and trust anchor are given up front (``collateral``,
+``root_ca_der``), or found from the quote itself by ``collateral_for(quote)
+-> (collateral, root_ca_der)`` (a consumer on an SGX network looks up the
+quote's FMSPC in its collateral cache); what ``collateral_for`` raises passes
+through unchanged, so the caller can fetch missing collateral and retry.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import json
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -181,10 +187,14 @@ def _same_enclave(a: layout.Quote, b: layout.Quote) -> bool:
 
 
 def verify_ratls_cert(cert_der: bytes, *, expected_mrenclave: bytes | set[bytes] | frozenset[bytes], nonce: bytes,
-                      root_ca_der: bytes, collateral: Any, now: float | None = None, allow_debug: bool = False,
-                      expected_mrsigner: bytes | None = None, accepted_tcb_statuses: Iterable[str] = ("UpToDate",),
-                      expected_cert_sha256: str | bytes | None = None, require_dice: bool = True) -> VerifiedEvidence:
+                      root_ca_der: bytes | None = None, collateral: Any = None, now: float | None = None,
+                      allow_debug: bool = False, expected_mrsigner: bytes | None = None,
+                      accepted_tcb_statuses: Iterable[str] = ("UpToDate",),
+                      expected_cert_sha256: str | bytes | None = None, require_dice: bool = True,
+                      collateral_for: Callable[[bytes], tuple[Any, bytes]] | None = None) -> VerifiedEvidence:
     """Verify an RA-TLS certificate for one request; see the module docstring for the checks."""
+    if collateral_for is None and (collateral is None or root_ca_der is None):
+        raise TypeError("give collateral and root_ca_der, or collateral_for")
     now_s = int(time.time() if now is None else now)
     digest = hashlib.sha256(cert_der).hexdigest()
     if expected_cert_sha256 is not None:
@@ -220,6 +230,9 @@ def verify_ratls_cert(cert_der: bytes, *, expected_mrenclave: bytes | set[bytes]
     if expected_mrsigner is not None and q.mr_signer != expected_mrsigner:
         raise RaTlsError("mrenclave", f"MRSIGNER {q.mr_signer.hex()} is not expected")
     statuses = tuple(accepted_tcb_statuses)
+    if collateral_for is not None:
+        collateral, root_ca_der = collateral_for(bytes(legacy))
+    assert root_ca_der is not None
     report = _dcap(legacy, collateral, root_ca_der, now_s, statuses)
     if dice is None:
         if require_dice:

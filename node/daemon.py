@@ -21,6 +21,7 @@ import trio
 from .api.jsonrpc import RpcError, INVALID_PARAMS
 from .api.server import ApiServer
 from .config import Config
+from .dos.collateral import CollateralCache
 from .fsutil import private_dir
 from .genesis import Genesis, load_genesis
 from .identity import Identity, load_or_create_identity
@@ -139,6 +140,12 @@ class Node:
         self.store.on_published = self._after_publish
         self.store.fetch = self._fetch
         self.store.on_revoke = self._revoke
+        # DCAP collateral: DOS peers verify providers' quotes with it, consumers
+        # on SGX networks the enclave's own quote (dos.pccs_url / collateral_file).
+        d = config["dos"]
+        self.collateral = CollateralCache(self.data_dir / "collateral", pccs_url=d["pccs_url"] or None)
+        if d["collateral_file"]:
+            self.collateral.import_collateral(d["collateral_file"])
         self.roles_runner = Roles(self)
         self.jobs = JobStore(self.data_dir)
         interrupted = self.jobs.fail_interrupted()
@@ -146,7 +153,7 @@ class Node:
             log.warning("jobs interrupted by the last stop marked failed", extra={"jobs": ",".join(interrupted)})
         self.consumer = Consumer(identity=self.identity, genesis=self.genesis, gossip=self.gossip,
                                  host=self.p2p.host, jobs=self.jobs,
-                                 republish_s=config["market"]["republish_s"])
+                                 republish_s=config["market"]["republish_s"], collateral=self.collateral)
         market_api.register(self.api, self.consumer, self.jobs, config["market"])
         self.peer_info: dict[str, dict[str, Any]] = {}
         self.metrics_url = ""

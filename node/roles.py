@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .dos.acl import AclStore
-from .dos.collateral import CollateralCache, parse_collateral
+from .dos.collateral import parse_collateral
 from .dos.service import AttestService, RequestInfo
 from .dos.verifier import Verifier
 from .fsutil import private_dir
@@ -52,9 +52,7 @@ class Roles:
         if "dos" in roles:
             if me not in g.dos_peers:
                 log.warning("the dos role is on but the genesis does not list this peer: its signatures count for nothing")
-            cache = CollateralCache(node.data_dir / "collateral", pccs_url=cfg["dos"]["pccs_url"] or None)
-            if cfg["dos"]["collateral_file"]:
-                cache.import_collateral(cfg["dos"]["collateral_file"])
+            cache = node.collateral
             if g.sim_root_key:
                 from enclave.quotes.sim_pki import SimPki
 

@@ -25,6 +25,8 @@ from enclave.quotes.sim_pki import SimPki
 
 from ..dos import wire
 from ..dos.acl import AclEntry, AclError, AclSignature, verify_quorum
+from ..dos.collateral import CollateralCache, CollateralError, quote_fmspc_ca
+from ..dos.policy import is_intel_root
 from ..genesis import Genesis
 from ..identity import Identity
 from ..p2p.envelope import SignedMessage, now_ms
@@ -61,11 +63,18 @@ class _Watch:
         self.changed = trio.Event()
 
 
+class _NeedCollateral(Exception):
+    def __init__(self, fmspc: str, ca: str) -> None:
+        super().__init__(f"no collateral for FMSPC {fmspc} ({ca} CA)")
+        self.fmspc, self.ca = fmspc, ca
+
+
 class Consumer:
     def __init__(self, *, identity: Identity, genesis: Genesis, gossip: Gossip, host: Any, jobs: JobStore,
-                 republish_s: float = 10.0) -> None:
+                 republish_s: float = 10.0, collateral: CollateralCache | None = None) -> None:
         self.identity, self.genesis, self.gossip, self.host, self.jobs = identity, genesis, gossip, host, jobs
         self.republish_s = republish_s
+        self.collateral_cache = collateral  # SGX networks: DCAP collateral for the enclave's own quote
         self._watches: dict[str, _Watch] = {}
         self._collateral: Any = None
         gossip.on(m.ASSIGNMENT, self._on_assignment)
@@ -244,20 +253,53 @@ class Consumer:
         return entry, cert_sha256
 
     def _verify_args(self, entry: AclEntry, cert_sha256: str, nonce: bytes) -> dict[str, Any]:
-        if self._collateral is None:
-            # Sim networks: the genesis' sim root makes the same collateral the DOS uses.
-            pki = SimPki.load(self.genesis.sim_root_key.encode(), self.genesis.policy.sim_root_ca)
-            self._collateral = pki.collateral()
         policy = self.genesis.policy
-        return {"expected_mrenclave": bytes.fromhex(entry.measurement), "nonce": nonce,
-                "root_ca_der": policy.sim_root_ca, "collateral": self._collateral,
+        if self.genesis.sim_root_key:
+            if self._collateral is None:
+                # Sim networks: the genesis' sim root makes the same collateral the DOS uses.
+                pki = SimPki.load(self.genesis.sim_root_key.encode(), policy.sim_root_ca)
+                self._collateral = pki.collateral()
+            trust: dict[str, Any] = {"root_ca_der": policy.sim_root_ca, "collateral": self._collateral}
+        else:
+            trust = {"collateral_for": self._collateral_for}
+        return {"expected_mrenclave": bytes.fromhex(entry.measurement), "nonce": nonce, **trust,
                 "expected_cert_sha256": bytes.fromhex(cert_sha256),
                 # the network's policy, as the DOS peers applied it (advisories are theirs to weigh)
                 "accepted_tcb_statuses": tuple(policy.tcb_statuses) + tuple(policy.tcb_statuses_with_advisories),
                 "allow_debug": policy.allow_debug}
 
+    def _collateral_for(self, quote: bytes) -> tuple[Any, bytes]:
+        """SGX networks: the quote's collateral from this node's cache, rooted where the policy allows."""
+        if self.collateral_cache is None:
+            raise JobFailed("this node has no DCAP collateral cache to check the enclave's quote")
+        try:
+            c = self.collateral_cache.for_quote(quote)
+        except CollateralError:
+            raise _NeedCollateral(*quote_fmspc_ca(quote)) from None
+        if not is_intel_root(c.root_der) and c.root_der != self.genesis.policy.sim_root_ca:
+            raise JobFailed(f"the collateral for FMSPC {c.fmspc} roots in a CA the network's policy does not name")
+        return c.obj, c.root_der
+
     async def _talk(self, request: m.ExecutionRequest, job: JobRecord, provider: str, entry: AclEntry,
                     cert_sha256: str, data: bytes, stage) -> bytes:
+        try:
+            return await self._talk_once(request, job, provider, entry, cert_sha256, data, stage)
+        except _NeedCollateral as need:
+            # The enclave's platform is new to this node: fetch its collateral once and connect again.
+            cache = self.collateral_cache
+            if cache is None or not cache.pccs_url:
+                raise JobFailed(f"no DCAP collateral for the enclave's platform (FMSPC {need.fmspc}, {need.ca} CA) "
+                                f"on this node: set dos.pccs_url, or import it (dos.collateral_file)") from None
+            log.info("fetching DCAP collateral for the enclave's platform", extra={"fmspc": need.fmspc, "ca": need.ca})
+            try:
+                with trio.fail_after(60):
+                    await cache.refresh(need.ca, need.fmspc)
+            except (CollateralError, OSError, trio.TooSlowError) as e:
+                raise JobFailed(f"could not fetch DCAP collateral for FMSPC {need.fmspc}: {e}") from None
+            return await self._talk_once(request, job, provider, entry, cert_sha256, data, stage)
+
+    async def _talk_once(self, request: m.ExecutionRequest, job: JobRecord, provider: str, entry: AclEntry,
+                         cert_sha256: str, data: bytes, stage) -> bytes:
         try:
             raw = await self.host.new_stream(ID.from_base58(provider), [ENCLAVE_PROTOCOL])
         except Exception as e:  # py-libp2p raises SwarmException and others: the provider is unreachable

@@ -213,3 +213,30 @@ def test_missing_quote_extension(verify_kwargs) -> None:
          .public_key(key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(hours=1))
          .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))
     assert check_of(c.public_bytes(serialization.Encoding.DER), verify_kwargs) == "quote-extension"
+
+
+def test_collateral_found_from_the_quote(qe, verify_kwargs) -> None:
+    """``collateral_for`` gets the certificate's quote and returns (collateral, root); what it
+    raises reaches the caller unchanged (a consumer fetches missing collateral and retries)."""
+    _, cert = make(qe)
+    seen: list[bytes] = []
+
+    def collateral_for(quote: bytes):
+        seen.append(quote)
+        return verify_kwargs["collateral"], verify_kwargs["root_ca_der"]
+
+    ev = rv.verify_ratls_cert(cert, expected_mrenclave=MRENCLAVE, nonce=NONCE, now=verify_kwargs["now"],
+                              collateral_for=collateral_for)
+    assert seen and seen[0] == ev.quote
+
+    class Missing(Exception):
+        pass
+
+    def none_here(quote: bytes):
+        raise Missing(quote[:4].hex())
+
+    with pytest.raises(Missing):
+        rv.verify_ratls_cert(cert, expected_mrenclave=MRENCLAVE, nonce=NONCE, now=verify_kwargs["now"],
+                             collateral_for=none_here)
+    with pytest.raises(TypeError):
+        rv.verify_ratls_cert(cert, expected_mrenclave=MRENCLAVE, nonce=NONCE)
