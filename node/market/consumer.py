@@ -276,6 +276,8 @@ class Consumer:
             c = self.collateral_cache.for_quote(quote)
         except CollateralError:
             raise _NeedCollateral(*quote_fmspc_ca(quote)) from None
+        if self.collateral_cache.pccs_url and 0 < c.next_update <= time.time():
+            raise _NeedCollateral(c.fmspc, c.ca)  # expired: fetch a fresh copy (only DOS peers refresh in the background)
         if not is_intel_root(c.root_der) and c.root_der != self.genesis.policy.sim_root_ca:
             raise JobFailed(f"the collateral for FMSPC {c.fmspc} roots in a CA the network's policy does not name")
         return c.obj, c.root_der

@@ -90,3 +90,12 @@ def test_sim_networks_keep_the_sim_root(tmp_path) -> None:
                         policy=Policy(sim_root_ca=pki.root_cert_der), sim_root_key=pki.root_key_pem().decode())
     args = c._verify_args(_entry(), "00" * 32, b"n" * 32)
     assert args["root_ca_der"] == pki.root_cert_der and args["collateral"] is not None
+
+
+def test_expired_collateral_is_fetched_again_when_a_pccs_is_set(tmp_path) -> None:
+    quote = (DATA / "sgx_quote.bin").read_bytes()
+    cache = CollateralCache(tmp_path / "collateral", pccs_url="https://pccs.invalid")
+    cache.import_collateral(DATA / "sgx_quote_collateral.json")  # the sample's nextUpdate is in 2025
+    with pytest.raises(C._NeedCollateral) as need:
+        _consumer(cache)._collateral_for(quote)
+    assert (need.value.fmspc, need.value.ca) == quote_fmspc_ca(quote)
