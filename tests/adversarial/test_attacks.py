@@ -204,8 +204,11 @@ def test_key_off_the_relay(net):
     key = ai_key(net, net["echo"])
     needles = {**N.key_needles("AI key", key), "input": data, "output": b"RESULT:" + data[::-1],
                "input token": data[len(b"adv-input-"):]}
-    capture = json.loads(Path(evil["data_dir"], "relay-capture.json").read_text())
-    assert capture["request_id"] == job["id"]
+    # The provider writes the capture when the relayed stream closes, which can be just after the
+    # consumer has its answer.
+    capture_file = Path(evil["data_dir"], "relay-capture.json")
+    assert N.wait_until(lambda: json.loads(capture_file.read_text())["request_id"] == job["id"], 10)
+    capture = json.loads(capture_file.read_text())
     seen = b"".join(base64.b64decode(c) for c in capture["chunks"])
     assert len(seen) > len(data)  # the TLS records of this job did pass through it
     assert not [n for n, v in needles.items() if v in seen]
@@ -378,11 +381,14 @@ def test_gossip_flood(net):
     if rejected["rate_limited"] >= 2 * 400:
         assert banned == 1, (rejected, result)
     if banned:
-        status = call(target["socket"], "node.status", {})
-        assert result["flooder"] not in status["peers"] and status["banned"][result["flooder"]] > 200, status["banned"]
+        # (a DHT lookup may dial the flooder back for a moment: its connection is closed as it opens)
+        assert N.wait_until(lambda: result["flooder"] not in call(target["socket"], "node.status", {})["peers"], 10)
+        left = call(target["socket"], "node.status", {})["banned"]
+        assert left.get(result["flooder"], 0) > 200, (left, result, rejected)
     result["banned"] = banned
     # Every kind of bad envelope that got past the bucket was refused for what it is.
-    assert rejected["malformed"] > 0 and rejected["wrong_network"] > 0 and rejected["bad_signature"] > 0, rejected
+    assert rejected["malformed"] > 0 and rejected["wrong_network"] > 0 and rejected["bad_signature"] > 0, \
+        (rejected, result)
     # Honest traffic still flows right after the flood: a note from node1 reaches everyone, and a job runs.
     # (On a loaded machine the flooded node first works through its backlog: allow for that.)
     note = call(node(net, 1)["socket"], "gossip.publish", {"text": "honest after the flood"})
@@ -519,6 +525,7 @@ def test_replayed_request_after_restart(net):
 
     from node.p2p.envelope import open_envelope
     from tests.helpers.daemons import kill, restart
+    from tests.helpers.waiting import until
 
     from . import peers as P
 
@@ -533,13 +540,6 @@ def test_replayed_request_after_restart(net):
             if msg.type == type_ and json.loads(msg.payload).get("id" if type_ == "market.request" else "request_id") == rid:
                 found.append(raw)
         return found
-
-    async def until(pred, timeout: float) -> bool:
-        with trio.move_on_after(timeout):
-            while not pred():
-                await trio.sleep(0.05)
-            return True
-        return False
 
     async def main() -> None:
         async with P.peer() as p2p, P.listener(p2p, net["network"]) as got:

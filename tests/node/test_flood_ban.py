@@ -6,7 +6,6 @@ GossipSub RPCs as fast as the connection takes them (tests/adversarial/peers.py)
 """
 from __future__ import annotations
 
-import trio
 
 from node.config import _load_defaults
 from node.identity import Identity
@@ -15,16 +14,9 @@ from node.p2p.gossip import Gossip
 from node.p2p.host import P2PHost
 from node.p2p.peer_guard import PeerGuard
 from tests.adversarial import peers as P
+from tests.helpers.waiting import until
 
 NET = "flood-net"
-
-
-async def _until(pred, timeout: float) -> bool:
-    with trio.move_on_after(timeout):
-        while not pred():
-            await trio.sleep(0.05)
-        return True
-    return False
 
 
 async def test_a_flooder_is_disconnected_and_kept_out_while_honest_peers_stay() -> None:
@@ -47,12 +39,12 @@ async def test_a_flooder_is_disconnected_and_kept_out_while_honest_peers_stay() 
                                          forged=0)
                 except Exception as e:  # noqa: BLE001 - the target may cut the stream mid-flood
                     sent = {"cut_mid_flood": type(e).__name__}
-                assert await _until(lambda: guard.is_banned(flooder.peer_id), 30), (sent, target.metrics.render())
-                assert await _until(lambda: flooder.peer_id not in target.connected_peers(), 10)
+                assert await until(lambda: guard.is_banned(flooder.peer_id), 30), (sent, target.metrics.render())
+                assert await until(lambda: flooder.peer_id not in target.connected_peers(), 10)
                 assert guard.banned().keys() == {flooder.peer_id}
                 # It redials: the connection is closed as it opens.
                 await flooder.connect_addr(addr)
-                assert await _until(lambda: flooder.peer_id not in target.connected_peers()
+                assert await until(lambda: flooder.peer_id not in target.connected_peers()
                                     and 'ofnode_banned_connections_closed_total 1' in target.metrics.render(), 10)
             assert honest.peer_id in target.connected_peers()
             text = target.metrics.render()
