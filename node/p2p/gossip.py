@@ -191,8 +191,12 @@ class Gossip:
             self._forwarder_refusals[self.pubsub._msg_id_constructor(msg)] = None
             if len(self._forwarder_refusals) > 4096:
                 self._forwarder_refusals.popitem(last=False)
+            # Only a peer's *own* messages count towards a ban: an honest node
+            # relaying someone else's flood is throttled, never cut off (else a
+            # few Sybils flooding one node would get it banned by its peers).
             guard = self.p2p.guard
-            if guard is not None and guard.refused(peer := forwarder.to_base58()):
+            if guard is not None and msg.from_id == forwarder.to_bytes() \
+                    and guard.refused(peer := forwarder.to_base58()):
                 self.p2p.cut_off(peer, "gossip_flood")
             return False
         try:

@@ -4,7 +4,10 @@ Gossip's per-peer token bucket (:class:`~node.p2p.ratelimit.PeerLimiter`)
 refuses what a peer sends over its rate, but every refused message still costs
 py-libp2p's per-message work (RPC decoding, the pubsub signature check, a task)
 before the bucket sees it: a peer that keeps flooding keeps costing CPU. The
-guard counts those refusals per peer; a peer refused ``strikes`` times within
+guard counts those refusals per peer, for the peer's own messages only (a
+node relaying someone else's flood is throttled, never banned: else a few
+Sybils flooding one honest node would get it cut off by its peers); a peer
+refused ``strikes`` times within
 ``window`` seconds is disconnected and banned for ``ban`` seconds (its new
 connections are closed as they open). Genesis peers (DOS, secrets) and
 bootstrap peers are never banned: losing them costs the network more than

@@ -75,3 +75,36 @@ async def test_a_message_refused_for_one_forwarders_rate_is_still_taken_from_ano
     except ValidationError:
         pass
     await gossip.pubsub.validate_msg(b, msg)  # b's copy of the same message is taken
+
+
+async def test_a_relay_of_someone_elses_flood_is_throttled_not_banned() -> None:
+    """Messages a peer forwards for others never count towards its ban: a few Sybils flooding one
+    honest node must not get that node cut off by its peers."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pubsub import ValidationError
+
+    from node.p2p.envelope import seal
+
+    cfg = {**_load_defaults()["gossip"], "peer_rate": 0.001, "peer_burst": 1}
+    ident = Identity.generate()
+    guard = PeerGuard(strikes=5, window=10, ban=60)
+    node = P2PHost(identity=ident, listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[], metrics=node_metrics(), guard=guard)
+    gossip = Gossip(node, ident, NET, cfg, node.metrics)
+    sybil = Identity.generate()
+    origin = P2PHost(identity=sybil, listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[], metrics=node_metrics())
+    relay = ID(Identity.generate().peer_id_bytes)
+    for i in range(50):
+        msg = P._pubsub_message(origin, gossip.topic, seal(sybil, NET, "node.note", b"x%d" % i), i + 1)
+        try:
+            await gossip.pubsub.validate_msg(relay, msg)
+        except ValidationError:
+            pass
+    assert guard.banned() == {}
+    # the same flood straight from its origin is banned
+    for i in range(50):
+        msg = P._pubsub_message(origin, gossip.topic, seal(sybil, NET, "node.note", b"y%d" % i), 100 + i)
+        try:
+            await gossip.pubsub.validate_msg(ID(sybil.peer_id_bytes), msg)
+        except ValidationError:
+            pass
+    assert guard.is_banned(sybil.peer_id)
