@@ -142,8 +142,8 @@ class Coordinator:
         if ended is not None and ended.ended_by in ("", msg.sender):
             log.info("request that already ended ignored", extra={"request": req.id})
             return
-        if len(self.requests) >= self.max_requests:
-            self._prune(now)
+        if len(self.requests) % 256 == 255 or len(self.requests) >= self.max_requests:
+            self._prune(now)  # every 256 requests: memory and the ledger file stay bounded by what is live
             if len(self.requests) >= self.max_requests:
                 return
         st = self.requests[req.id] = _State(req, msg.sender, now, following=late)

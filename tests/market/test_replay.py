@@ -263,3 +263,16 @@ def test_revoke_is_only_for_the_entrys_consumer(tmp_path) -> None:
     assert store.revoke(entry.request_id, consumer=CONSUMER)
     assert AclStore(tmp_path / "acl").get(entry.request_id).revoked  # durable
     assert not store.release(entry.request_id)  # a tombstone is never released for another enclave
+
+
+async def test_ended_requests_are_forgotten_once_past_their_replay_window(tmp_path) -> None:
+    g = RecordingGossip()
+    led = RequestLedger(tmp_path / "r.jsonl", replay_window_ms=0)
+    c = coordinator(g, led)
+    for _ in range(300):  # deadlines already passed by the time the next prune runs
+        req = m.ExecutionRequest(id=os.urandom(16).hex(), ai_cid=CID, requirements=m.Requirements(),
+                                 nonce=os.urandom(32).hex(), deadline_ms=now_ms() + 20, bidding_ms=50)
+        await g.deliver(m.REQUEST, req, CONSUMER, timestamp_ms=c.started_ms - 60_000)  # late: followed only
+        assert req.id in c.requests  # each one taken
+        await trio.sleep(0.002)
+    assert len(c.requests) < 256 and len(led) < 256
