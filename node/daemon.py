@@ -175,6 +175,10 @@ class Node:
                 self.exchange.dht = self.p2p.dht  # the DHT exists only while the host runs
                 await nursery.start(self.exchange.run)
                 self.roles_runner.start(nursery)
+                if self.roles_runner.attest is None and self.collateral.pccs_url:
+                    # A DOS peer's attestation service refreshes the cache; elsewhere the
+                    # node does, so a consumer's collateral is fresh before a job needs it.
+                    nursery.start_soon(self.collateral.run)
                 nursery.start_soon(self.p2p.maintain_links)
                 nursery.start_soon(self._watch_signals)
                 nursery.start_soon(self._announce_loop)
