@@ -17,6 +17,7 @@ import pytest
 
 from node.api.client import ApiClient, call
 from node.api.jsonrpc import RpcError
+from tests.helpers.relay import relay_capture
 
 from . import net as N
 from .net import CONSUMER, EVIL, EVIL_DOS, HONEST
@@ -204,11 +205,7 @@ def test_key_off_the_relay(net):
     key = ai_key(net, net["echo"])
     needles = {**N.key_needles("AI key", key), "input": data, "output": b"RESULT:" + data[::-1],
                "input token": data[len(b"adv-input-"):]}
-    # The provider writes the capture when the relayed stream closes, which can be just after the
-    # consumer has its answer.
-    capture_file = Path(evil["data_dir"], "relay-capture.json")
-    assert N.wait_until(lambda: json.loads(capture_file.read_text())["request_id"] == job["id"], 10)
-    capture = json.loads(capture_file.read_text())
+    capture = relay_capture(evil["data_dir"], job["id"])
     seen = b"".join(base64.b64decode(c) for c in capture["chunks"])
     assert len(seen) > len(data)  # the TLS records of this job did pass through it
     assert not [n for n, v in needles.items() if v in seen]

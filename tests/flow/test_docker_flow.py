@@ -16,6 +16,7 @@ from node import testnet
 from node.api.client import call
 from node.api.jsonrpc import RpcError
 from tests.helpers.docker_orphan import orphan_container
+from tests.helpers.relay import relay_capture
 from tests.parts import require_part
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def test_digits_in_docker_give_the_right_label(net, docker):
         assert json.loads(base64.b64decode(job["output_b64"]))["label"] == int(sample.name[0])
         assert job["receipt"]["input_sha256"] == job["input_sha256"]
         provider = next(n for n in net["nodes"] if n["peer_id"] == job["provider"])
-        relay = json.loads(Path(provider["data_dir"], "relay-capture.json").read_text())
+        relay = relay_capture(provider["data_dir"], job["id"])
         seen = b"".join(base64.b64decode(c) for c in relay["chunks"])
         assert len(seen) > len(sample.read_bytes()) and sample.read_bytes()[:32] not in seen
     # each enclave's container is removed once its job is over (the provider tears

@@ -14,6 +14,7 @@ import trio
 from node import testnet
 from node.api.client import call
 from node.api.jsonrpc import RpcError
+from tests.helpers.relay import relay_capture
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +114,7 @@ def test_provider_sees_no_plaintext(flow):
     sample = SAMPLES[5]
     job = submit(flow["nodes"][0]["socket"], flow["digits"], sample)
     provider = next(n for n in flow["nodes"] if n["peer_id"] == job["provider"])
-    relay = json.loads(Path(provider["data_dir"], "relay-capture.json").read_text())
+    relay = relay_capture(provider["data_dir"], job["id"])
     seen = b"".join(base64.b64decode(c) for c in relay["chunks"])
     output = base64.b64decode(job["output_b64"])
     assert len(seen) > len(sample.read_bytes())  # the request did pass through it
